@@ -1,0 +1,303 @@
+"""The ``alive`` command line: argument parsing and progress display only; the work is in pipeline/.
+
+Exit codes: 0 ok, 1 ``verify`` found no valid credential, 2 usage or configuration error,
+3 input rejected, 4 blocked by moderation, 5 internal, model, encode or label failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from pipeline import __version__
+from pipeline.errors import AliveError, ConfigError
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 verify found no valid credential; 2 usage or configuration error; "
+    "3 input rejected; 4 blocked by moderation; 5 internal, model, encode or label failure."
+)
+
+app = typer.Typer(
+    name="alive",
+    help="Turn a still photo into a moderated, animated, C2PA-labelled vertical story video.\n\n" + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+models_app = typer.Typer(help="Get model weights onto this machine (the only commands that download).",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+_state: dict[str, Any] = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each stage does (INFO)."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        out.print(f"alive {__version__}")
+        raise typer.Exit(0)
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+                        force=True)
+    if not debug:  # third-party chatter (progress bars, deprecations) is noise for a user
+        for noisy in ("diffusers", "transformers", "huggingface_hub", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _guard(work: Callable[[], int | None]) -> None:
+    """Run a command body; expected failures become one clear line and their exit code."""
+    try:
+        code = work() or 0
+    except AliveError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        err.print(f"[bold red]error[/] ({exc.code}): {exc.message}", markup=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - last line of defence: report, never continue
+        if _state["debug"]:
+            traceback.print_exc()
+        err.print(f"[bold red]internal error[/]: {type(exc).__name__}: {exc} (run with --debug for a traceback)",
+                  markup=True)
+        raise typer.Exit(5) from None
+    raise typer.Exit(code)
+
+
+def _settings(config: Optional[Path], **overrides: Any):
+    from pipeline.settings import load_settings
+
+    return load_settings(config, **{k: v for k, v in overrides.items() if v})
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def animate(
+    image: Path = typer.Argument(..., help="Photo to animate: JPEG, PNG or WebP."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="MP4 to write [default: IMAGE name + .mp4 here]."),
+    engine: Optional[str] = typer.Option(None, "--engine", "-e", help="motion (CPU, no weights; default), svd, tiny (tests)."),
+    model: Optional[str] = typer.Option(None, "--model", help="svd: hub id or local diffusers folder."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="svd: model revision (commit or tag)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: random, reported]."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Frames to generate [svd: 25, motion: 96]."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (svd/tiny) [25]."),
+    fps: Optional[int] = typer.Option(None, "--fps", help="Frames per second [svd: 7, motion: 24]."),
+    motion: Optional[int] = typer.Option(None, "--motion", help="Motion amount 0-1023 [127]."),
+    width: Optional[int] = typer.Option(None, "--width", help="Generation width, multiple of 8 [576]."),
+    height: Optional[int] = typer.Option(None, "--height", help="Generation height, multiple of 8 [1024]."),
+    decode_chunk: Optional[int] = typer.Option(None, "--decode-chunk", help="svd: frames decoded at once [8]."),
+    max_guidance: Optional[float] = typer.Option(None, "--max-guidance", help="svd: guidance at the last frame [3.0]."),
+    framing: Optional[str] = typer.Option(None, "--framing", help="auto, crop or pad [auto]."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Optional text; moderated and kept in the report."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file (see configs/default.yaml)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="JSON report path [default: OUTPUT with .json]."),
+    poster: Optional[Path] = typer.Option(None, "--poster", help="Poster JPEG path [default: OUTPUT with .jpg]."),
+    json_out: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
+) -> None:
+    """Animate IMAGE into a labelled 9:16 story MP4 (+ poster JPEG and JSON report)."""
+
+    def work() -> int:
+        from pipeline.engines import GenerationOptions
+        from pipeline.run import animate as run_animate
+
+        engine_over = {k: v for k, v in {"name": engine, "model": model, "revision": revision}.items() if v}
+        if model and not engine:
+            engine_over["name"] = "svd"
+        settings = _settings(config, engine=engine_over, frame={"strategy": framing} if framing else None)
+        options = GenerationOptions.build(
+            seed=seed, num_frames=frames, num_inference_steps=steps, fps=fps, motion_bucket_id=motion,
+            width=width, height=height, decode_chunk_size=decode_chunk, max_guidance_scale=max_guidance,
+        )
+        target = output or Path(image.stem + ".mp4")
+        if target.suffix.lower() != ".mp4":
+            raise ConfigError(f"--output must end in .mp4, got {target}", code="bad_option")
+        with _StageBar(enabled=not json_out) as bar:
+            result = run_animate(image, target, settings, options, prompt=prompt, poster=poster, report=report,
+                                 progress=bar.update)
+        doc = result.report
+        if json_out:
+            out.print_json(json.dumps(doc, default=str))
+            return 0
+        c2pa = doc["c2pa"]["verification"]
+        o = doc["outputs"]
+        out.print(f"video   {result.video}  ({o['width']}x{o['height']}, {o['frames']} frames at {o['fps']:g} fps, "
+                  f"{o['duration_s']:g} s, {o['bytes'] / 1e6:.2f} MB)")
+        out.print(f"poster  {result.poster}")
+        out.print(f"report  {result.report_path}")
+        out.print(f"engine  {doc['engine']['engine']}" + (f" ({doc['engine']['model']})" if doc["engine"].get("model") else "")
+                  + f", seed {doc['seed']}")
+        out.print(f"label   C2PA {c2pa['state']}, AI-generated: {'yes' if c2pa['ai_generated'] else 'no'}"
+                  + (" (development certificate: not trusted elsewhere)" if doc["c2pa"]["development_credentials"] else ""))
+        for note in doc["notes"]:
+            out.print(f"note    {note}")
+        out.print(f"time    {doc['timings_s']['total']:.2f} s")
+        return 0
+
+    _guard(work)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def verify(
+    file: Path = typer.Argument(..., help="Video or image to check."),
+    trust: Optional[Path] = typer.Option(None, "--trust", help="PEM file of trusted root certificates "
+                                         "[default: configured anchors, else this machine's development root]."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Print the C2PA Content Credentials of FILE; exit 0 only when they validate."""
+
+    def work() -> int:
+        from pipeline.provenance import verify as verify_file
+
+        anchors = _trust_anchors(trust, config)
+        result = verify_file(file, anchors)
+        if json_out:
+            out.print_json(json.dumps(result.to_dict(), default=str))
+        else:
+            out.print(f"file                {file}")
+            out.print(f"state               {result.state}")
+            out.print(f"AI-generated        {'yes' if result.ai_generated else 'no'}")
+            out.print(f"digitalSourceType   {result.digital_source_type}")
+            out.print(f"generator           {result.generator}")
+            out.print(f"software agent      {result.software_agent}")
+            out.print(f"title               {result.title}")
+            out.print(f"signer              {result.signer}")
+            out.print(f"source thumbnail    {'embedded' if result.has_ingredient_thumbnail else 'none'}")
+            if result.status_codes:
+                out.print("status codes        " + ", ".join(result.status_codes))
+        return 0 if result.state in ("Valid", "Trusted") else 1
+
+    _guard(work)
+
+
+def _trust_anchors(trust: Optional[Path], config: Optional[Path]) -> bytes | None:
+    if trust is not None:
+        if not trust.is_file():
+            raise ConfigError(f"--trust file {trust} does not exist", code="bad_option")
+        return trust.read_bytes()
+    settings = _settings(config)
+    if settings.label.trust_anchors is not None:
+        return Path(settings.label.trust_anchors).read_bytes()
+    dev_root = settings.dev_credentials_dir / "root.pem"
+    return dev_root.read_bytes() if dev_root.is_file() else None
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def moderate(
+    image: Path = typer.Argument(..., help="Photo to check."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Also check this text."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
+) -> None:
+    """Check IMAGE (and an optional prompt) the way `animate` would; exit 4 when blocked."""
+
+    def work() -> int:
+        from moderation import check_image, check_prompt
+        from pipeline.intake import load_image
+
+        settings = _settings(config)
+        taken = load_image(image, settings.intake)
+        verdicts = [check_image(taken.image, settings.moderation)]
+        if prompt:
+            verdicts.append(check_prompt(prompt, settings.moderation))
+        if json_out:
+            out.print_json(json.dumps([v.to_dict() for v in verdicts], default=str))
+        else:
+            for v in verdicts:
+                out.print(f"{v.subject}: {v.decision.upper()}")
+                for r in v.results:
+                    scores = ", ".join(f"{k}={s:.3f}" for k, s in r.scores.items())
+                    out.print(f"  {r.backend} {r.version}: {r.decision}" + (f" ({scores})" if scores else ""))
+                for reason in v.reasons:
+                    out.print(f"  reason: {reason}")
+                if v.unchecked:
+                    out.print("  not checked: " + ", ".join(v.unchecked))
+        blocked = any(v.decision == "block" or (v.decision == "review" and settings.moderation.on_review == "block")
+                      for v in verdicts)
+        return 4 if blocked else 0
+
+    _guard(work)
+
+
+@models_app.command("pull")
+def models_pull(
+    model: str = typer.Argument("stabilityai/stable-video-diffusion-img2vid-xt", help="Hub model id."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Commit or tag to fetch."),
+    variant: Optional[str] = typer.Option("fp16", "--variant", help="Weights variant ('' for full precision)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where to put it [hub default]."),
+) -> None:
+    """Download model weights (needs internet; nothing else in alive ever downloads)."""
+
+    def work() -> int:
+        from pipeline.models import pull
+
+        folder = pull(model, revision=revision, variant=variant or None, cache_dir=cache_dir)
+        out.print(f"model {model} is at {folder}")
+        out.print(f"use it offline with: alive animate PHOTO --engine svd --model {model}  (or --model {folder})")
+        return 0
+
+    _guard(work)
+
+
+@models_app.command("tiny")
+def models_tiny(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file.")) -> None:
+    """Build the tiny random test model (no download) and print where it is."""
+
+    def work() -> int:
+        from pipeline.engines.tiny import ensure_tiny_svd
+
+        out.print(str(ensure_tiny_svd(_settings(config).model_cache_dir)))
+        return 0
+
+    _guard(work)
+
+
+class _StageBar:
+    """A rich progress display: one line for the stage, with inner steps where a stage has them."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description:<16}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=False)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "_StageBar":
+        if self.enabled:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        task = self.tasks.get(stage)
+        if task is None:
+            task = self.tasks[stage] = self.progress.add_task(stage, total=total)
+        self.progress.update(task, completed=done, total=total)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""One small error hierarchy for the whole project.
+
+Every error a user can meet is an ``AliveError``: it carries a stable machine-readable ``code``,
+a sentence for humans, and the CLI exit code it maps to. Subclasses also inherit the built-in
+meaning (``InputRejected`` is a ``ValueError``) so callers may catch either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AliveError(Exception):
+    """Base of every error raised on purpose by alive."""
+
+    exit_code: int = 5
+    default_code: str = "internal"
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.details = dict(details or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": type(self).__name__, "code": self.code, "message": self.message, **self.details}
+
+
+class ConfigError(AliveError, ValueError):
+    """A setting or option is invalid (bad config file, out-of-range parameter)."""
+
+    exit_code = 2
+    default_code = "bad_config"
+
+
+class InputRejected(AliveError, ValueError):
+    """The uploaded file is not something we animate (corrupt, too large, animated, ...)."""
+
+    exit_code = 3
+    default_code = "rejected"
+
+
+class ModerationBlocked(AliveError):
+    """Moderation decided the image, prompt or generated video must not be published."""
+
+    exit_code = 4
+    default_code = "blocked"
+
+    def __init__(self, message: str, *, verdict: Any = None, code: str | None = None):
+        details = {"verdict": verdict.to_dict()} if hasattr(verdict, "to_dict") else {}
+        super().__init__(message, code=code, details=details)
+        self.verdict = verdict
+
+
+class TransientError(AliveError):
+    """A failure that may succeed when retried (resource busy, out of memory, broker away)."""
+
+    default_code = "transient"
+
+
+class ModelUnavailable(AliveError):
+    """Model weights are not on this machine and may not be downloaded at run time."""
+
+    default_code = "model_unavailable"
+
+
+class GenerationFailed(AliveError):
+    """The generation engine failed for a reason that a retry will not fix."""
+
+    default_code = "generation_failed"
+
+
+class EncodeFailed(AliveError):
+    """ffmpeg failed or produced an empty or unreadable file."""
+
+    default_code = "encode_failed"
+
+
+class LabelFailed(AliveError):
+    """C2PA signing or the verification right after signing failed."""
+
+    default_code = "label_failed"

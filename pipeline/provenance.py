@@ -1,0 +1,646 @@
+"""C2PA Content Credentials: build, sign and verify the manifest that labels a clip as AI-generated.
+
+Signing is the last step of a job, after every ffmpeg step: a remux (even ``-c copy``) drops the
+manifest, and any later byte change turns it "Invalid". Each signed file is re-read and verified
+before it replaces the destination, so a label that does not validate is never published.
+
+Credentials come from the settings (a production chain; a remote/KMS signer can replace
+``_sign_to`` later) or, when none are configured, from a development chain generated once on this
+machine. The development chain validates ("Trusted") only against its own root: nobody else trusts it.
+
+c2pa objects (Signer, Context, Builder, Reader) are created inside each call and closed there: they
+are native handles that do not survive ``fork()`` (Celery prefork workers), so nothing is cached at
+module level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import json
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import c2pa
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pipeline.errors import LabelFailed
+from pipeline.settings import LabelSettings
+
+log = logging.getLogger(__name__)
+
+TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA = (
+    "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
+)
+_AI_SOURCE_TYPES = {TRAINED_ALGORITHMIC_MEDIA, COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA}
+
+VIDEO_MIME = "video/mp4"
+SOURCE_INGREDIENT_ID = "source-photo"
+# The only failure code accepted after signing when no trust anchors are known: the signature and
+# hashes are fine, the verifier just has no root to chain the certificate to.
+UNTRUSTED = "signingCredential.untrusted"
+# Long edge of the source-photo thumbnail when the operator opts in (settings.include_thumbnail);
+# c2pa's default is 1024 px, more of the user's photo than a "thumbnail" needs.
+INGREDIENT_THUMBNAIL_LONG_EDGE = 256
+
+DEV_FILES = ("root.pem", "chain.pem", "leaf.key")
+_DEV_LEAF_DAYS = 3650  # without a timestamp authority the label turns Invalid when the leaf expires
+_DEV_CA_DAYS = 36500
+_warned_dev_dirs: set[Path] = set()
+
+
+# --------------------------------------------------------------------------------------------
+# Credentials
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """PEM material for one signer. ``chain_pem`` is leaf then intermediate(s), never the root."""
+
+    chain_pem: bytes
+    key_pem: bytes
+    trust_anchors_pem: bytes | None
+    development: bool
+
+    def __repr__(self) -> str:  # keep the private key out of logs and tracebacks
+        return f"Credentials(development={self.development}, anchors={self.trust_anchors_pem is not None})"
+
+
+def ensure_dev_credentials(directory: Path) -> Credentials:
+    """Return the development chain stored in ``directory``, generating it on first use.
+
+    The chain is root CA (pathlen 1) -> intermediate CA (pathlen 0) -> leaf (digitalSignature,
+    emailProtection), ES256: the shape c2pa accepts (a self-signed signer, a missing EKU or AKI is
+    refused). Generation writes a private temporary directory next to ``directory`` and renames it
+    into place, so two processes racing end up sharing one complete chain, never a mix of two.
+    """
+    directory = Path(directory)
+    if not _dev_files_present(directory):
+        _generate_dev_chain(directory)
+    creds = _read_dev_chain(directory)
+    if directory not in _warned_dev_dirs:
+        _warned_dev_dirs.add(directory)
+        log.warning(
+            "C2PA labels are signed with the DEVELOPMENT certificate chain in %s: it validates only "
+            "against its own root and is trusted by nobody else. Configure label.cert_chain and "
+            "label.private_key with a real signing certificate before publishing.",
+            directory,
+        )
+    return creds
+
+
+def load_credentials(settings: LabelSettings, dev_dir: Path) -> Credentials:
+    """Credentials from ``settings`` when a chain and key are configured, else the dev chain.
+
+    Configured files are checked here (readable, PEM, key matches the leaf, leaf not expired) so a
+    misconfiguration fails with the offending path instead of an opaque error at signing time.
+    Extra ``trust_anchors`` configured beside the dev chain are added to the dev root.
+    """
+    if settings.cert_chain is None and settings.private_key is None:
+        creds = ensure_dev_credentials(dev_dir)
+        if settings.trust_anchors is not None:
+            extra = _read_configured(settings.trust_anchors, "label.trust_anchors")
+            _parse_certs(extra, settings.trust_anchors)
+            creds = dataclasses.replace(creds, trust_anchors_pem=(creds.trust_anchors_pem or b"") + extra)
+        return creds
+    if settings.cert_chain is None or settings.private_key is None:
+        given, missing = (
+            ("label.cert_chain", "label.private_key")
+            if settings.private_key is None
+            else ("label.private_key", "label.cert_chain")
+        )
+        raise LabelFailed(
+            f"{given} is set but {missing} is not: configure both (leaf + intermediate PEM chain and "
+            "its private key), or neither to use the development chain",
+            code="credentials_missing",
+            details={"missing": missing},
+        )
+    chain_pem = _read_configured(settings.cert_chain, "label.cert_chain")
+    key_pem = _read_configured(settings.private_key, "label.private_key")
+    anchors = None
+    if settings.trust_anchors is not None:
+        anchors = _read_configured(settings.trust_anchors, "label.trust_anchors")
+        _parse_certs(anchors, settings.trust_anchors)
+    certs = _parse_certs(chain_pem, settings.cert_chain)
+    key = _parse_key(key_pem, settings.private_key)
+    _check_leaf(certs[0], key, settings.cert_chain)
+    return Credentials(chain_pem=chain_pem, key_pem=key_pem, trust_anchors_pem=anchors, development=False)
+
+
+def _read_configured(path: Path, setting: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise LabelFailed(
+            f"{setting} points to {path}, which does not exist: fix the path or unset it",
+            code="credentials_missing",
+            details={"path": str(path), "setting": setting},
+        ) from None
+    except OSError as exc:
+        raise LabelFailed(
+            f"{setting} points to {path}, which cannot be read ({exc.strerror or exc}): check its permissions",
+            code="credentials_invalid",
+            details={"path": str(path), "setting": setting},
+        ) from exc
+
+
+def _parse_certs(pem: bytes, path: Path) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise LabelFailed(
+            f"{path} holds no readable PEM certificate ({exc}): expected PEM 'BEGIN CERTIFICATE' blocks",
+            code="credentials_invalid",
+            details={"path": str(path)},
+        ) from exc
+    return certs
+
+
+def _parse_key(pem: bytes, path: Path | None) -> Any:
+    try:
+        return serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        where = f"{path}" if path is not None else "the private key"
+        raise LabelFailed(
+            f"{where} is not an unencrypted PEM private key ({exc}): expected PKCS#8 or SEC1 PEM without a passphrase",
+            code="credentials_invalid",
+            details={"path": str(path)} if path is not None else {},
+        ) from exc
+
+
+def _check_leaf(leaf: x509.Certificate, key: Any, path: Path) -> None:
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    if leaf.public_key().public_bytes(serialization.Encoding.DER, pub) != key.public_key().public_bytes(
+        serialization.Encoding.DER, pub
+    ):
+        raise LabelFailed(
+            f"the first certificate in {path} does not belong to the configured private key: "
+            "put the leaf (signing) certificate first, then the intermediate(s)",
+            code="credentials_invalid",
+            details={"path": str(path)},
+        )
+    if leaf.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
+        raise LabelFailed(
+            f"the signing certificate in {path} expired on {leaf.not_valid_after_utc:%Y-%m-%d}: renew it",
+            code="credentials_invalid",
+            details={"path": str(path)},
+        )
+
+
+def _signing_alg(key_pem: bytes) -> c2pa.C2paSigningAlg:
+    """Pick the C2PA algorithm from the key type (ES256 for the dev chain's P-256 key)."""
+    key = _parse_key(key_pem, None)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        by_curve = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+        name = by_curve.get(key.curve.name)
+        if name is None:
+            raise LabelFailed(
+                f"EC curve {key.curve.name} is not allowed by C2PA: use P-256, P-384 or P-521",
+                code="credentials_invalid",
+            )
+        return c2pa.C2paSigningAlg[name]
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return c2pa.C2paSigningAlg.ED25519
+    if isinstance(key, rsa.RSAPrivateKey):
+        return c2pa.C2paSigningAlg.PS256
+    raise LabelFailed(f"unsupported private key type {type(key).__name__}", code="credentials_invalid")
+
+
+def _dev_files_present(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in DEV_FILES)
+
+
+def _read_dev_chain(directory: Path) -> Credentials:
+    try:
+        chain, key, root = ((directory / n).read_bytes() for n in ("chain.pem", "leaf.key", "root.pem"))
+    except OSError as exc:
+        raise LabelFailed(
+            f"the development C2PA chain in {directory} cannot be read ({exc}): delete the directory "
+            "to have it generated again",
+            code="credentials_invalid",
+            details={"path": str(directory)},
+        ) from exc
+    return Credentials(chain_pem=chain, key_pem=key, trust_anchors_pem=root, development=True)
+
+
+def _generate_dev_chain(directory: Path) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # mkdtemp: mode 0700, on the same filesystem as the target so the rename is atomic.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        root_pem, chain_pem, key_pem = _make_dev_chain()
+        (tmp / "root.pem").write_bytes(root_pem)
+        (tmp / "chain.pem").write_bytes(chain_pem)
+        fd = os.open(tmp / "leaf.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key_pem)
+        try:
+            # rename(2) replaces an *empty* directory and fails on a non-empty one, so the first
+            # process to finish wins and everyone else reads its files.
+            os.rename(tmp, directory)
+        except OSError:
+            if not _dev_files_present(directory):
+                raise LabelFailed(
+                    f"{directory} exists but does not hold a complete development chain "
+                    f"({', '.join(DEV_FILES)}): move it away so it can be generated",
+                    code="credentials_invalid",
+                    details={"path": str(directory)},
+                ) from None
+            return
+        log.info("generated a development C2PA certificate chain in %s", directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_dev_chain() -> tuple[bytes, bytes, bytes]:
+    """Return (root PEM, leaf+intermediate PEM, leaf key PEM) for a fresh ES256 chain."""
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)  # tolerate small clock skew
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+    root_key, inter_key, leaf_key = keys
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "alive development (untrusted)"),
+            ]
+        )
+
+    def cert(subject: str, key: Any, issuer: str, issuer_key: Any, *, ca: bool, pathlen: int | None, days: int):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(issuer))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=pathlen), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+        )
+        if ca:
+            usage = dict(key_cert_sign=True, crl_sign=True, digital_signature=False)
+        else:
+            usage = dict(key_cert_sign=False, crl_sign=False, digital_signature=True)
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False
+            )
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False, **usage,
+            ),
+            critical=True,
+        )
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    root = cert("alive dev root CA", root_key, "alive dev root CA", root_key, ca=True, pathlen=1, days=_DEV_CA_DAYS)
+    inter = cert("alive dev intermediate CA", inter_key, "alive dev root CA", root_key, ca=True, pathlen=0,
+                 days=_DEV_CA_DAYS)
+    leaf = cert("alive dev signer", leaf_key, "alive dev intermediate CA", inter_key, ca=False, pathlen=None,
+                days=_DEV_LEAF_DAYS)
+    pem = serialization.Encoding.PEM
+    key_pem = leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return root.public_bytes(pem), leaf.public_bytes(pem) + inter.public_bytes(pem), key_pem
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest and signing
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    """What the label says about one clip. Empty ``title``/``generator_name`` fall back to settings."""
+
+    title: str
+    generator_name: str
+    generator_version: str
+    software_agent: str
+    source_mime: str | None = None
+    source_bytes: bytes | None = None
+    extra_actions: tuple[dict, ...] = ()
+
+
+def build_manifest(info: LabelInfo, settings: LabelSettings) -> dict:
+    """The whole manifest definition, in one place.
+
+    The first action is ``c2pa.created`` with the IPTC ``trainedAlgorithmicMedia`` source type: that
+    is what players and platforms read to show "AI-generated". The source photo, when given, is an
+    ``inputTo`` ingredient (``parentOf`` is refused for a created asset); its bytes are attached by
+    ``sign_video``, and no thumbnail of it is embedded unless ``settings.include_thumbnail``.
+    """
+    created: dict[str, Any] = {
+        "action": "c2pa.created",
+        "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
+        "softwareAgent": {"name": info.software_agent},
+    }
+    manifest: dict[str, Any] = {
+        "claim_generator_info": [
+            {"name": info.generator_name or settings.claim_generator, "version": info.generator_version}
+        ],
+        "title": info.title or settings.title,
+        "format": VIDEO_MIME,
+        "assertions": [
+            {"label": "c2pa.actions", "data": {"actions": [created, *[dict(a) for a in info.extra_actions]]}}
+        ],
+    }
+    if info.source_bytes is not None:
+        created["parameters"] = {"ingredientIds": [SOURCE_INGREDIENT_ID]}
+        manifest["ingredients"] = [
+            {
+                "title": "source photo",
+                "format": info.source_mime or _sniff_image_mime(info.source_bytes),
+                "relationship": "inputTo",
+                "label": SOURCE_INGREDIENT_ID,
+            }
+        ]
+    return manifest
+
+
+def _builder_settings(settings: LabelSettings) -> dict:
+    """c2pa Context settings for signing (keys as in c2pa-rs 0.91 ``BuilderSettings``)."""
+    return {
+        "builder": {
+            # Off by default: on, c2pa embeds a JPEG of every ingredient, i.e. the user's photo.
+            # c2pa-rs makes no claim thumbnail for MP4 either way.
+            "thumbnail": {"enabled": settings.include_thumbnail, "long_edge": INGREDIENT_THUMBNAIL_LONG_EDGE},
+            # Hash free/skip boxes too: nothing in the file may change without breaking the label
+            # (also avoids the informational assertion.bmffHash.additionalExclusionsPresent).
+            "bmff_hash_exclude_free_and_skip_boxes": False,
+        },
+        **_verify_settings(None),
+    }
+
+
+def _verify_settings(trust_anchors_pem: bytes | None) -> dict:
+    """No network while reading: no remote manifests, no OCSP; trust only the given anchors."""
+    config: dict[str, Any] = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
+    if trust_anchors_pem:
+        config["trust"] = {"user_anchors": trust_anchors_pem.decode("utf-8", errors="replace")}
+    return config
+
+
+def sign_video(src: Path, dst: Path, info: LabelInfo, credentials: Credentials, settings: LabelSettings) -> dict:
+    """Sign the MP4 ``src`` into ``dst`` (which may be ``src``), verify it, then move it into place.
+
+    Signing writes a temporary file next to ``dst``; it replaces ``dst`` only after a fresh Reader
+    found it "Valid" or "Trusted" with no failure code (``signingCredential.untrusted`` is allowed
+    only when no trust anchors are known). On any failure ``dst`` is untouched and no temporary
+    file is left. Returns a summary for the job report.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise LabelFailed(f"cannot sign {src}: no such file", code="unreadable", details={"path": str(src)})
+    manifest = build_manifest(info, settings)
+    alg = _signing_alg(credentials.key_pem)
+    started = time.perf_counter()
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".c2pa-tmp", dir=dst.parent)
+    except OSError as exc:
+        raise _unwritable(dst, exc) from exc
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w+b") as out:
+            _sign_to(src, out, manifest, info, credentials, settings, alg)
+            out.flush()
+            os.fsync(out.fileno())
+        signed_at = time.perf_counter()
+        report = verify(tmp, credentials.trust_anchors_pem)
+        _require_valid(report, src, credentials.trust_anchors_pem is not None)
+        verified_at = time.perf_counter()
+        bytes_added = tmp.stat().st_size - src.stat().st_size
+        os.chmod(tmp, stat.S_IMODE(src.stat().st_mode))  # mkstemp made it 0600; keep the video's mode
+        os.replace(tmp, dst)
+    except OSError as exc:
+        raise _unwritable(dst, exc) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "manifest_label": report.manifest_label,
+        "state": report.state,
+        "status_codes": report.status_codes,
+        "digital_source_type": report.digital_source_type,
+        "signer": report.signer,
+        "development_credentials": credentials.development,
+        "timestamped": settings.tsa_url is not None,
+        "ingredient_thumbnail": report.has_ingredient_thumbnail,
+        "bytes_added": bytes_added,
+        "sign_seconds": round(signed_at - started, 4),
+        "verify_seconds": round(verified_at - signed_at, 4),
+        "seconds": round(verified_at - started, 4),
+    }
+
+
+def _unwritable(dst: Path, exc: OSError) -> LabelFailed:
+    return LabelFailed(
+        f"cannot write the signed video to {dst}: {exc.strerror or exc}; check the directory exists and has space",
+        code="unwritable",
+        details={"path": str(dst)},
+    )
+
+
+def _sign_to(src: Path, out: Any, manifest: dict, info: LabelInfo, credentials: Credentials,
+             settings: LabelSettings, alg: c2pa.C2paSigningAlg) -> None:
+    """Run the c2pa Builder: ``src`` -> ``out`` (an open w+b file). Native errors -> LabelFailed."""
+    definition = dict(manifest)
+    ingredients = definition.pop("ingredients", [])  # attached below with their bytes
+    try:
+        signer_info = c2pa.C2paSignerInfo(alg, credentials.chain_pem, credentials.key_pem, settings.tsa_url)
+        with (
+            c2pa.Signer.from_info(signer_info) as signer,
+            c2pa.Context.from_dict(_builder_settings(settings)) as context,
+            c2pa.Builder(definition, context=context) as builder,
+        ):
+            for ingredient in ingredients:
+                builder.add_ingredient(ingredient, ingredient["format"], io.BytesIO(info.source_bytes or b""))
+            with open(src, "rb") as source:
+                builder.sign(signer, VIDEO_MIME, source, out)
+    except c2pa.C2paError as exc:
+        raise LabelFailed(
+            f"C2PA signing of {src} failed: {exc}. Check that it is a complete MP4 and that the "
+            "certificate chain and key are valid",
+            code="sign_failed",
+            details={"path": str(src), "c2pa_error": str(exc)},
+        ) from exc
+    except OSError as exc:
+        raise LabelFailed(f"cannot read {src} for signing: {exc}", code="unreadable",
+                          details={"path": str(src)}) from exc
+
+
+def _require_valid(report: "VerifyReport", src: Path, have_anchors: bool) -> None:
+    allowed = set() if have_anchors else {UNTRUSTED}
+    failures = [c for c in report.failure_codes if c not in allowed]
+    if report.state not in ("Valid", "Trusted") or failures:
+        hint = (
+            "the signing chain does not lead to the configured trust anchors"
+            if UNTRUSTED in failures
+            else "the signed file did not validate"
+        )
+        raise LabelFailed(
+            f"C2PA label on {src} failed verification right after signing: state {report.state}, "
+            f"failures {failures or report.status_codes}; {hint}",
+            code="verify_failed",
+            details={"state": report.state, "status_codes": report.status_codes, "detail": report.detail},
+        )
+
+
+def _sniff_image_mime(data: bytes) -> str:
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    raise LabelFailed(
+        "the source photo given as C2PA ingredient is not JPEG, PNG or WebP: pass source_mime",
+        code="bad_ingredient",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Verification
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What a verifier sees in a file. ``state`` is c2pa's validation state, or "NoManifest"
+    (no Content Credentials at all) or "Unsupported" (a format c2pa cannot read)."""
+
+    state: str
+    status_codes: list[str]
+    digital_source_type: str | None
+    generator: str | None
+    software_agent: str | None
+    title: str | None
+    signer: str | None
+    has_ingredient_thumbnail: bool
+    ai_generated: bool
+    manifest_label: str | None = None
+    failure_codes: list[str] = dataclasses.field(default_factory=list)
+    detail: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def verify(path: Path, trust_anchors_pem: bytes | None = None) -> VerifyReport:
+    """Read and validate the Content Credentials of ``path``; offline (no remote manifest, no OCSP).
+
+    A file without a manifest gives state "NoManifest"; an asset c2pa cannot parse gives "Invalid"
+    with the parser's message in ``detail``. Only a missing or unreadable file raises.
+    """
+    path = Path(path)
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise LabelFailed(
+            f"cannot verify {path}: {exc.strerror or exc}", code="unreadable", details={"path": str(path)}
+        ) from exc
+    with fh:
+        try:
+            with (
+                c2pa.Context.from_dict(_verify_settings(trust_anchors_pem)) as context,
+                c2pa.Reader(_mime_for(path), fh, context=context) as reader,
+            ):
+                store = json.loads(reader.json())
+        except c2pa.C2paError.ManifestNotFound:
+            return _empty_report("NoManifest")
+        except c2pa.C2paError.NotSupported as exc:
+            return _empty_report("Unsupported", detail=str(exc))
+        except c2pa.C2paError as exc:
+            return _empty_report("Invalid", codes=[_error_code(exc)], detail=str(exc))
+    return _report_from_store(store)
+
+
+def _mime_for(path: Path) -> str | None:
+    """MIME from the extension for video files; None lets c2pa detect the format from the bytes."""
+    return {".mp4": VIDEO_MIME, ".m4v": VIDEO_MIME, ".mov": "video/quicktime"}.get(path.suffix.lower())
+
+
+def _error_code(exc: c2pa.C2paError) -> str:
+    # c2pa-python's typed errors read "Kind: message"; keep the kind as a stable code.
+    kind = str(exc).split(":", 1)[0].strip()
+    return f"c2pa.error.{kind}" if kind and " " not in kind else "c2pa.error"
+
+
+def _empty_report(state: str, *, codes: list[str] | None = None, detail: str | None = None) -> VerifyReport:
+    codes = codes or []
+    return VerifyReport(
+        state=state, status_codes=codes, digital_source_type=None, generator=None, software_agent=None,
+        title=None, signer=None, has_ingredient_thumbnail=False, ai_generated=False,
+        failure_codes=list(codes), detail=detail,
+    )
+
+
+def _report_from_store(store: dict) -> VerifyReport:
+    label = store.get("active_manifest")
+    manifest = store.get("manifests", {}).get(label) or {}
+    failures, informational = _status_codes(store)
+    created = _first_action_with_source_type(manifest)
+    source_type = created.get("digitalSourceType") if created else None
+    agent = created.get("softwareAgent") if created else None
+    if isinstance(agent, dict):
+        agent = agent.get("name")
+    generators = manifest.get("claim_generator_info") or []
+    generator = None
+    if generators and isinstance(generators[0], dict):
+        generator = " ".join(str(generators[0][k]) for k in ("name", "version") if generators[0].get(k))
+    elif manifest.get("claim_generator"):
+        generator = manifest["claim_generator"]
+    sig = manifest.get("signature_info") or {}
+    signer = " / ".join(str(sig[k]) for k in ("common_name", "issuer") if sig.get(k)) or None
+    return VerifyReport(
+        state=store.get("validation_state") or ("Invalid" if failures else "Valid"),
+        status_codes=failures + informational,
+        digital_source_type=source_type,
+        generator=generator,
+        software_agent=agent if isinstance(agent, str) else None,
+        title=manifest.get("title"),
+        signer=signer,
+        has_ingredient_thumbnail=any("thumbnail" in ing for ing in manifest.get("ingredients", [])),
+        ai_generated=source_type in _AI_SOURCE_TYPES,
+        manifest_label=label,
+        failure_codes=failures,
+    )
+
+
+def _status_codes(store: dict) -> tuple[list[str], list[str]]:
+    """(failure codes, informational codes) of the active manifest and its ingredients."""
+    results = store.get("validation_results")
+    if not results:  # older readers: a flat list of failures only
+        return [s["code"] for s in store.get("validation_status") or [] if "code" in s], []
+    failures: list[str] = []
+    informational: list[str] = []
+    groups = [results.get("activeManifest") or {}]
+    groups += [d.get("validationDeltas") or {} for d in results.get("ingredientDeltas") or []]
+    for group in groups:
+        failures += [s["code"] for s in group.get("failure") or [] if "code" in s]
+        informational += [s["code"] for s in group.get("informational") or [] if "code" in s]
+    return failures, informational
+
+
+def _first_action_with_source_type(manifest: dict) -> dict | None:
+    for assertion in manifest.get("assertions", []):
+        if str(assertion.get("label", "")).startswith("c2pa.actions"):
+            for action in (assertion.get("data") or {}).get("actions", []):
+                if action.get("digitalSourceType"):
+                    return action
+    return None

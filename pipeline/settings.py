@@ -1,0 +1,167 @@
+"""All configuration, in one place.
+
+This is the only module that reads configuration files or the environment. Precedence, highest
+first: keyword overrides (tests, CLI flags) > ``ALIVE_*`` environment variables (nested with
+``__``, e.g. ``ALIVE_ENCODE__CRF=20``) > the YAML file given with ``--config`` or ``ALIVE_CONFIG``
+> the defaults below. ``configs/default.yaml`` mirrors these defaults with one comment per line; a
+test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from pipeline.errors import ConfigError
+
+EngineName = Literal["motion", "svd", "tiny"]
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "alive"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IntakeSettings(_Section):
+    max_bytes: int = Field(20_000_000, ge=1, description="largest upload accepted, in bytes")
+    max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image, width x height")
+    min_side: int = Field(64, ge=1, description="smallest accepted width or height, in pixels")
+    max_aspect: float = Field(4.0, ge=1.0, description="widest accepted ratio long side / short side")
+    formats: list[str] = Field(["JPEG", "PNG", "WEBP"], description="Pillow format names accepted")
+
+
+class ModerationSettings(_Section):
+    enabled: bool = True
+    image_backends: list[str] = Field(["opennsfw"], description="image classifiers, in order")
+    unchecked_categories: list[str] = Field(
+        ["violence", "gore", "weapons"], description="categories no offline model covers here"
+    )
+    nsfw_review_threshold: float = Field(0.4, ge=0.0, le=1.0)
+    nsfw_block_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    on_review: Literal["proceed", "block"] = "proceed"
+    prompt_block_terms: list[str] = Field(
+        ["nude", "naked", "nsfw", "porn", "sex", "gore", "beheading", "child abuse"]
+    )
+    prompt_review_terms: list[str] = Field(["blood", "gun", "weapon", "kill", "drugs"])
+    video_sample_frames: int = Field(4, ge=1, le=64, description="frames of the clip checked again")
+    onnx_threads: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ModerationSettings":
+        if self.nsfw_review_threshold > self.nsfw_block_threshold:
+            raise ValueError("nsfw_review_threshold must not exceed nsfw_block_threshold")
+        return self
+
+
+class EngineSettings(_Section):
+    name: EngineName = Field("motion", description="motion (CPU, no weights), svd, tiny (tests)")
+    model: str = Field("stabilityai/stable-video-diffusion-img2vid-xt", description="hub id or local dir")
+    revision: str | None = None
+    variant: str | None = Field("fp16", description="weights variant used on CUDA (None on CPU)")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    cache_dir: Path | None = Field(None, description="hub cache; None = huggingface default")
+
+
+class FrameSettings(_Section):
+    strategy: Literal["auto", "crop", "pad"] = Field(
+        "auto", description="crop the centre, pad over a blurred copy, or auto (crop unless >40% is lost)"
+    )
+
+
+class EncodeSettings(_Section):
+    codec: str = "libx264"
+    crf: int = Field(18, ge=0, le=51)
+    preset: str = "medium"
+    profile: str = "high"
+    poster_quality: int = Field(90, ge=1, le=100)
+    timeout_s: float = Field(300.0, gt=0)
+
+
+class LabelSettings(_Section):
+    """Every output is labelled; there is deliberately no switch to turn labelling off."""
+
+    cert_chain: Path | None = Field(None, description="leaf + intermediate PEM; None = dev chain")
+    private_key: Path | None = None
+    trust_anchors: Path | None = Field(None, description="root PEM(s) used to verify; dev root when None")
+    tsa_url: str | None = None
+    include_thumbnail: bool = Field(False, description="embed a thumbnail of the source photo (privacy!)")
+    claim_generator: str = "alive"
+    title: str = "AI-generated story video"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ALIVE_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    intake: IntakeSettings = IntakeSettings()
+    moderation: ModerationSettings = ModerationSettings()
+    engine: EngineSettings = EngineSettings()
+    frame: FrameSettings = FrameSettings()
+    encode: EncodeSettings = EncodeSettings()
+    label: LabelSettings = LabelSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        if settings_cls.model_config.get("yaml_file"):
+            sources.append(YamlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    @property
+    def dev_credentials_dir(self) -> Path:
+        return self.data_dir / "dev-c2pa"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from defaults, an optional YAML file, the environment and overrides."""
+    path = config_file or os.environ.get("ALIVE_CONFIG")
+    cls: type[Settings] = Settings
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", code="config_missing")
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}", code="config_yaml") from exc
+        cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": path}})
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {_explain(exc)}") from exc
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def environment_flag(name: str) -> str | None:
+    """Read one non-ALIVE environment variable (kept here so no other module touches os.environ)."""
+    return os.environ.get(name)

@@ -1,0 +1,352 @@
+"""Encoding frames to MP4 with the bundled ffmpeg, the poster, and the probe that checks them.
+
+Real ffmpeg, small frames. Preset "veryfast" rather than "ultrafast": ultrafast turns off CABAC and
+8x8 transforms, so x264 marks the stream Constrained Baseline even with ``-profile:v high`` (the
+profile option is a ceiling, not a floor) and the High-profile check could not be made.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.encode import EncodedVideo, build_command, encode_mp4, mp4_top_level_boxes, probe_video, write_poster
+from pipeline.errors import ConfigError, EncodeFailed
+from pipeline.probe import decode_frames, parse_ffmpeg_info
+from pipeline.settings import EncodeSettings
+
+FAST = EncodeSettings(preset="veryfast")
+W, H = 64, 112
+
+
+def gradient_frames(n: int = 8, width: int = W, height: int = H) -> np.ndarray:
+    """Smooth moving gradients: easy to compress, so decode error must be small."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    frames = [
+        np.stack([x * 255 / (width - 1), y * 255 / (height - 1), np.full_like(x, 40.0 + 10 * i)], axis=-1)
+        for i in range(n)
+    ]
+    return np.rint(np.stack(frames)).astype(np.uint8)
+
+
+def noise_frames(n: int, width: int, height: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def ffmpeg_children() -> list[str]:
+    """ffmpeg processes (zombies included) whose parent is this test process, read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # "pid (comm) state ppid ...": comm may contain spaces, so split after the last ')'
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == os.getpid() and comm.startswith("ffmpeg"):
+            found.append(f"{entry.name} {comm} {stat[stat.rindex(')') + 2]}")
+    return found
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".part." in p.name)
+
+
+needs_proc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+# --- round trip ------------------------------------------------------------------------------
+
+
+@needs_proc
+def test_round_trip_is_h264_high_yuv420p_faststart_and_close_to_input(tmp_path):
+    frames = gradient_frames(8)
+    out = tmp_path / "clip.mp4"
+    calls: list[tuple[int, int]] = []
+
+    result = encode_mp4(frames, out, fps=24, settings=FAST, progress=lambda done, total: calls.append((done, total)))
+
+    assert isinstance(result, EncodedVideo)
+    assert result.path == out and out.is_file()
+    assert (result.width, result.height, result.frames, result.fps) == (W, H, 8, 24.0)
+    assert (result.codec, result.profile, result.pix_fmt) == ("h264", "High", "yuv420p")
+    assert result.bytes == out.stat().st_size > 0
+    assert result.seconds > 0
+    assert calls == [(i, 8) for i in range(1, 9)]
+
+    facts = probe_video(out)
+    assert facts["codec"] == "h264" and facts["profile"] == "High" and facts["pix_fmt"] == "yuv420p"
+    assert "bt709" in facts["color"]  # tagged, so players use the matrix we converted with
+    assert (facts["width"], facts["height"], facts["frames"]) == (W, H, 8)
+    assert facts["fps"] == pytest.approx(24.0)
+    assert facts["duration"] == pytest.approx(8 / 24, abs=0.05)
+    assert facts["has_audio"] is False
+    assert facts["moov_before_mdat"] is True
+
+    decoded = decode_frames(out, W, H)
+    assert decoded.shape == frames.shape
+    # A smooth gradient at CRF 18 decodes within ~2 levels; a wrong colour matrix gives ~7.
+    assert np.abs(decoded.astype(np.int16) - frames).mean() < 3.0
+
+    data = out.read_bytes()
+    assert b"Lavf" not in data  # muxer version string stripped (-fflags +bitexact, -map_metadata -1)
+    assert leftovers(tmp_path) == []
+    assert ffmpeg_children() == []
+
+
+def test_float_frames_in_0_1_are_accepted_rounded_and_clipped(tmp_path):
+    frames = [f.astype(np.float32) / 255.0 for f in gradient_frames(6)]
+    frames[0][0, 0] = [1.7, -0.3, 0.5]  # out of range: clipped, not wrapped
+    out = tmp_path / "float.mp4"
+    result = encode_mp4(frames, out, fps=30, settings=FAST)
+    assert result.frames == 6
+    decoded = decode_frames(out, W, H)
+    assert np.abs(decoded.astype(np.int16) - gradient_frames(6)).mean() < 3.0
+
+
+def test_non_integer_fps_is_kept(tmp_path):
+    result = encode_mp4(gradient_frames(4), tmp_path / "ntsc.mp4", fps=29.97, settings=FAST)
+    assert result.fps == 29.97
+    assert probe_video(result.path)["fps"] == pytest.approx(29.97, abs=0.01)
+
+
+def test_existing_output_is_replaced_on_success(tmp_path):
+    out = tmp_path / "clip.mp4"
+    out.write_bytes(b"old")
+    encode_mp4(gradient_frames(4), out, fps=24, settings=FAST)
+    assert out.read_bytes()[4:8] == b"ftyp"
+
+
+# --- bad arguments: ConfigError (a ValueError) before any process starts ----------------------
+
+
+@pytest.mark.parametrize(
+    ("frames", "words"),
+    [
+        ([], "empty"),
+        (np.zeros((0, H, W, 3), np.uint8), "empty"),
+        ([np.zeros((H, W - 1, 3), np.uint8)] * 2, "even width and height"),
+        ([np.zeros((H - 1, W, 3), np.uint8)] * 2, "even width and height"),
+        ([np.zeros((H, W, 3), np.uint8), np.zeros((H, W + 2, 3), np.uint8)], "same size"),
+        ([np.zeros((H, W), np.uint8)] * 2, "shape"),
+        ([np.zeros((H, W, 4), np.uint8)] * 2, "shape"),
+        ([np.zeros((H, W, 3), np.uint16)] * 2, "dtype"),
+        ([np.zeros((H, W, 3), bool)] * 2, "dtype"),
+        ([[[0, 0, 0]]], "numpy array"),
+        (np.zeros((H, W, 3), np.uint8), "4-D"),
+    ],
+)
+def test_bad_frames_raise_config_error(tmp_path, frames, words):
+    out = tmp_path / "x.mp4"
+    with pytest.raises(ConfigError, match=words) as info:
+        encode_mp4(frames, out, fps=24, settings=FAST)
+    assert info.value.code == "bad_frames"
+    assert isinstance(info.value, ValueError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_frame_is_refused_and_cleaned_up(tmp_path):
+    frames = [f.astype(np.float64) / 255 for f in gradient_frames(4)]
+    frames[2][5, 5, 0] = np.nan  # found while piping: the process and temp file must still go
+    with pytest.raises(ConfigError, match="NaN") as info:
+        encode_mp4(frames, tmp_path / "x.mp4", fps=24, settings=FAST)
+    assert info.value.code == "bad_frames"
+    assert list(tmp_path.iterdir()) == []
+    if sys.platform.startswith("linux"):
+        assert ffmpeg_children() == []
+
+
+@pytest.mark.parametrize("fps", [0, -1, 240.5, float("nan"), float("inf"), "fast"])
+def test_bad_fps_raises_config_error(tmp_path, fps):
+    with pytest.raises(ConfigError) as info:
+        encode_mp4(gradient_frames(2), tmp_path / "x.mp4", fps=fps, settings=FAST)
+    assert info.value.code == "bad_fps"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- ffmpeg failures: EncodeFailed with the command and stderr, nothing left behind ------------
+
+
+@needs_proc
+@pytest.mark.parametrize(
+    ("settings", "stderr_words"),
+    [
+        (EncodeSettings(codec="nonexistent_codec"), "nonexistent_codec"),
+        (EncodeSettings(preset="no_such_preset"), "no_such_preset"),
+    ],
+)
+def test_ffmpeg_failure_reports_command_and_stderr_and_leaves_old_file(tmp_path, settings, stderr_words):
+    out = tmp_path / "clip.mp4"
+    out.write_bytes(b"previous good video")
+    # 5.9 MB, far more than a pipe buffer holds: ffmpeg dies while we are still writing, so this
+    # also covers the BrokenPipeError path.
+    frames = noise_frames(30, 256, 256)
+
+    with pytest.raises(EncodeFailed) as info:
+        encode_mp4(frames, out, fps=24, settings=settings)
+
+    err = info.value
+    assert err.code == "encode_failed"
+    assert "ffmpeg failed with exit code" in err.message
+    assert "command: " in err.message and "-movflags +faststart" in err.message
+    assert stderr_words in err.message  # ffmpeg's own explanation is in the message
+    assert "ffmpeg" in Path(err.details["command"][0]).name
+    assert stderr_words in err.details["stderr_tail"]
+    assert err.details["returncode"] not in (0, None)
+    assert out.read_bytes() == b"previous good video"
+    assert leftovers(tmp_path) == []
+    assert ffmpeg_children() == []
+
+
+@needs_proc
+def test_timeout_kills_ffmpeg_and_reports_encode_timeout(tmp_path):
+    out = tmp_path / "slow.mp4"
+    settings = EncodeSettings(preset="veryfast", timeout_s=0.001)
+    with pytest.raises(EncodeFailed) as info:
+        encode_mp4(noise_frames(40, 256, 256), out, fps=24, settings=settings)
+    assert info.value.code == "encode_timeout"
+    assert "0.001 s" in info.value.message
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+    assert ffmpeg_children() == []
+
+
+def test_missing_output_directory_is_not_created(tmp_path):
+    out = tmp_path / "no" / "such" / "dir" / "x.mp4"
+    with pytest.raises(EncodeFailed, match="does not exist") as info:
+        encode_mp4(gradient_frames(2), out, fps=24, settings=FAST)
+    assert info.value.code == "output_dir_missing"
+    assert not (tmp_path / "no").exists()
+
+
+def test_output_under_a_regular_file_is_unwritable(tmp_path):
+    # chmod cannot stop root (tests may run as root); a file used as a directory stops everyone.
+    (tmp_path / "afile").write_text("not a directory")
+    with pytest.raises(EncodeFailed, match="not a directory") as info:
+        encode_mp4(gradient_frames(2), tmp_path / "afile" / "x.mp4", fps=24, settings=FAST)
+    assert info.value.code == "output_unwritable"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs procfs")
+def test_output_in_a_directory_that_refuses_files_is_unwritable():
+    with pytest.raises(EncodeFailed, match="cannot write in /proc") as info:
+        encode_mp4(gradient_frames(2), "/proc/alive-test.mp4", fps=24, settings=FAST)
+    assert info.value.code == "output_unwritable"
+
+
+def test_output_path_that_is_a_directory_is_unwritable(tmp_path):
+    (tmp_path / "clip.mp4").mkdir()
+    with pytest.raises(EncodeFailed) as info:
+        encode_mp4(gradient_frames(2), tmp_path / "clip.mp4", fps=24, settings=FAST)
+    assert info.value.code == "output_unwritable"
+    assert leftovers(tmp_path) == []
+
+
+def test_command_is_an_argv_list_with_the_required_flags(tmp_path):
+    from fractions import Fraction
+
+    cmd = build_command(576, 1024, Fraction(24), EncodeSettings(), tmp_path / "x.mp4")
+    assert all(isinstance(a, str) for a in cmd)
+    joined = " ".join(cmd)
+    for flags in ["-f rawvideo -pix_fmt rgb24 -s 576x1024 -framerate 24/1", "-c:v libx264", "-crf 18",
+                  "-preset medium", "-profile:v high", "-pix_fmt yuv420p", "-movflags +faststart", "-an",
+                  "-map_metadata -1", "-tag:v avc1", "-r 24/1"]:
+        assert flags in joined
+
+
+# --- poster ---------------------------------------------------------------------------------
+
+
+def test_poster_is_a_jpeg_without_metadata(tmp_path):
+    frame = gradient_frames(1)[0]
+    out = write_poster(frame, tmp_path / "poster.jpg", quality=85)
+    assert out == tmp_path / "poster.jpg"
+    with Image.open(out) as img:
+        assert img.format == "JPEG" and img.mode == "RGB" and img.size == (W, H)
+        assert "exif" not in img.info and "comment" not in img.info and "icc_profile" not in img.info
+        assert len(img.getexif()) == 0
+        pixels = np.asarray(img)
+    assert np.abs(pixels.astype(np.int16) - frame).mean() < 4.0
+    assert leftovers(tmp_path) == []
+
+
+def test_poster_accepts_float_and_odd_sizes_and_replaces_old_file(tmp_path):
+    out = tmp_path / "poster.jpg"
+    out.write_bytes(b"old")
+    write_poster(np.full((33, 17, 3), 0.5, np.float32), out)
+    with Image.open(out) as img:
+        assert img.size == (17, 33)
+        assert abs(int(np.asarray(img)[16, 8, 0]) - 128) <= 2
+
+
+def test_poster_errors(tmp_path):
+    frame = gradient_frames(1)[0]
+    with pytest.raises(ConfigError) as info:
+        write_poster(frame, tmp_path / "p.jpg", quality=0)
+    assert info.value.code == "bad_quality"
+    with pytest.raises(ConfigError) as info:
+        write_poster(frame[..., 0], tmp_path / "p.jpg")
+    assert info.value.code == "bad_frames"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(EncodeFailed) as info:
+        write_poster(frame, tmp_path / "afile" / "p.jpg")
+    assert info.value.code == "output_unwritable"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+# --- probe ----------------------------------------------------------------------------------
+
+
+def test_top_level_boxes_cover_the_file_and_catch_truncation(tmp_path):
+    out = tmp_path / "clip.mp4"
+    encode_mp4(gradient_frames(4), out, fps=24, settings=FAST)
+    boxes = mp4_top_level_boxes(out)
+    kinds = [kind for kind, _, _ in boxes]
+    assert kinds[0] == "ftyp" and kinds.index("moov") < kinds.index("mdat")
+    assert boxes[0][1] == 0
+    for (_, off, size), (_, next_off, _) in zip(boxes, boxes[1:]):
+        assert off + size == next_off
+    assert boxes[-1][1] + boxes[-1][2] == out.stat().st_size
+
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(out.read_bytes()[:-10])
+    with pytest.raises(EncodeFailed, match="claims") as info:
+        mp4_top_level_boxes(cut)
+    assert info.value.code == "mp4_malformed"
+
+
+def test_probe_refuses_a_non_video(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"this is not a video at all" * 10)
+    with pytest.raises(EncodeFailed) as info:
+        probe_video(junk)
+    assert info.value.code == "unreadable_video"
+    with pytest.raises(EncodeFailed):
+        probe_video(tmp_path / "missing.mp4")
+
+
+def test_parse_ffmpeg_info_reads_profile_tag_audio_and_k_fps():
+    stderr = """Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'x.mp4':
+  Duration: 00:01:02.50, start: 0.000000, bitrate: 54 kb/s
+  Stream #0:0[0x1](und): Video: h264 (Main) (avc1 / 0x31637661), yuv420p(tv, bt709, progressive), 576x1024 [SAR 1:1 DAR 9:16], 37 kb/s, 1k fps, 24 tbr, 12288 tbn (default)
+  Stream #0:1[0x2](und): Audio: aac (LC) (mp4a / 0x6134706D), 48000 Hz, stereo, fltp, 128 kb/s
+Stream mapping:
+  Stream #0:0 -> #0:0 (h264 (native) -> wrapped_avframe (native))
+  Stream #0:0(und): Video: wrapped_avframe, rgb24, 8x8, 5 fps
+"""
+    info = parse_ffmpeg_info(stderr)
+    assert info["video"] == {"codec": "h264", "profile": "Main", "pix_fmt": "yuv420p",
+                             "color": "tv, bt709, progressive", "width": 576, "height": 1024, "fps": 1000.0}
+    assert info["has_audio"] is True
+    assert info["duration"] == pytest.approx(62.5)
+    raw = parse_ffmpeg_info("  Stream #0:0: Video: rawvideo (RGB[24] / 0x18424752), rgb24, 64x112, 24 fps\n")
+    assert raw["video"]["profile"] is None and raw["video"]["pix_fmt"] == "rgb24"
