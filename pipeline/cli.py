@@ -42,15 +42,19 @@ out = Console(highlight=False, soft_wrap=True)
 _state: dict[str, Any] = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"alive {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each stage does (INFO)."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
 ) -> None:
-    if version:
-        out.print(f"alive {__version__}")
-        raise typer.Exit(0)
     _state["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,

@@ -8,7 +8,8 @@ Everything after this module trusts its output, so this is where hostile input s
    Ghostscript, a BMP never reaches its decoder);
 3. width x height from the header, against our own ``max_pixels`` (not Pillow's global 89.5 MP
    default) and with Pillow's ``DecompressionBombWarning`` turned into a refusal;
-4. one frame only (APNG, MPO, animated WebP/GIF are refused: we animate stills);
+4. one frame only (APNG, animated WebP/GIF are refused: we animate stills; of a multi-picture
+   JPEG (MPO, as phones write with gain or depth maps) only the first picture, the photo, is used);
 5. minimum side and aspect ratio (both are the same before and after an EXIF rotation);
 6. a full decode with ``load()``: ``verify()`` lets truncated JPEGs through, ``load()`` does not;
 7. EXIF orientation applied, the embedded ICC profile converted to sRGB, 16-bit / CMYK / palette /
@@ -101,7 +102,11 @@ class IntakeResult:
     """A decoded, cleaned still image and what we learnt about the upload.
 
     ``image`` is mode ``"RGB"``, 8 bits per channel, sRGB, upright, with ``info == {}``.
-    ``facts`` is JSON-serialisable and goes into the job report.
+    ``facts`` is JSON-serialisable and goes into the job report: ``format``, ``bytes``,
+    ``source_width``/``source_height``/``source_mode`` (as stored), ``width``/``height`` (after the
+    EXIF turn), ``exif_orientation``, ``exif_transposed``, ``icc_converted``, ``alpha_flattened``,
+    ``metadata_removed`` (sorted names of what the upload carried: exif, gps, xmp, icc, comment,
+    iptc, text) and ``notes`` (what was tolerated: an unusable ICC profile, unreadable EXIF, ...).
     """
 
     image: Image.Image
@@ -160,9 +165,8 @@ def _register_heif() -> None:
 def _read_source(source: Any, limits: IntakeSettings) -> bytes:
     """Return the upload's bytes, refusing empty or oversized input before reading it all."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        _check_byte_count(len(data), limits)
-        return data
+        _check_byte_count(memoryview(source).nbytes, limits)  # before any copy
+        return bytes(source)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"load_image expects bytes or a path, got {type(source).__name__}")
     path = os.fspath(source)
@@ -232,6 +236,8 @@ def _decode(data: bytes, limits: IntakeSettings, facts: dict[str, Any], notes: l
             source_mode=img.mode,
         )
         _check_header(img, limits)
+        if img.format == "MPO":
+            notes.append(f"multi-picture JPEG with {img.n_frames} pictures: used the first (the photo)")
         try:
             img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -258,7 +264,7 @@ def _open(data: bytes, allowed: list[str], limits: IntakeSettings, notes: list[s
     """
     with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pass
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data), formats=allowed)
         except UnidentifiedImageError:
@@ -293,15 +299,18 @@ def _check_header(img: Image.Image, limits: IntakeSettings) -> None:
             code="truncated",
             details={"format": img.format, "error": str(exc)},
         ) from None
-    if animated:
+    allowed = [f.upper() for f in limits.formats]
+    # Phone cameras write multi-picture JPEGs (the photo plus an HDR gain map, depth map or preview).
+    # The first picture is the photo itself: it is what gets decoded; the others are ignored.
+    fmt = "JPEG" if img.format == "MPO" else img.format
+    if animated and img.format != "MPO":
         raise InputRejected(
             f"The {img.format} file holds {frames} frames (animated or multi-picture); "
             "send a single still photo.",
             code="animated",
             details={"format": img.format, "frames": frames},
         )
-    allowed = [f.upper() for f in limits.formats]
-    if img.format not in allowed:
+    if fmt not in allowed:
         raise _unsupported(img.format or "unknown", allowed)
     short, long = sorted((width, height))
     if short < limits.min_side:

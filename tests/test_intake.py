@@ -263,7 +263,7 @@ def test_truncated_png_and_path_input(tmp_path):
 
 @pytest.mark.parametrize(
     ("build", "fmt"),
-    [(corpus.apng, "PNG"), (corpus.animated_webp, "WEBP"), (corpus.mpo, "MPO")],
+    [(corpus.apng, "PNG"), (corpus.animated_webp, "WEBP")],
 )
 def test_multi_frame_files_are_refused(build, fmt):
     err = rejected(build())
@@ -351,7 +351,7 @@ def test_pillow_bomb_warning_is_a_refusal_without_touching_global_warning_filter
 
 def test_concurrent_calls_leave_warning_filters_as_they_were():
     before = list(warnings.filters)
-    inputs = [corpus.png_bomb(10_000, 10_000), corpus.rotated_jpeg_with_everything(), corpus.mpo()] * 8
+    inputs = [corpus.png_bomb(10_000, 10_000), corpus.rotated_jpeg_with_everything(), corpus.apng()] * 8
     limits = IntakeSettings(max_pixels=1_000_000_000)
 
     def one(data: bytes) -> str:
@@ -510,3 +510,19 @@ def test_random_bytes_never_escape_as_raw_errors(prefix, body):
 @given(mutated_images())
 def test_mutated_images_never_escape_as_raw_errors(data):
     _accepts_or_rejects(data)
+
+
+def test_multi_picture_jpeg_from_a_phone_uses_the_photo():
+    """Phones write MPO (photo + gain/depth map): the first picture is the photo and is accepted."""
+    photo = Image.new("RGB", (200, 150), (200, 30, 30))
+    gain_map = Image.new("RGB", (100, 75), (10, 10, 10))
+    buf = io.BytesIO()
+    photo.save(buf, "MPO", save_all=True, append_images=[gain_map])
+    result = load_image(buf.getvalue())
+    assert result.image.size == (200, 150)
+    assert result.image.getpixel((100, 75))[0] > 150  # the red photo, not the dark map
+    assert result.facts["format"] == "MPO"
+    assert any("multi-picture" in n for n in result.facts["notes"])
+    with pytest.raises(InputRejected) as info:
+        load_image(buf.getvalue(), IntakeSettings(formats=["PNG"]))
+    assert info.value.code == "unsupported_format"
