@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import os
-import secrets
 import shlex
 import subprocess
 import threading
@@ -38,6 +37,7 @@ from PIL import Image
 from pipeline.errors import ConfigError, EncodeFailed
 from pipeline.probe import ffmpeg_exe, mp4_top_level_boxes, probe_video
 from pipeline.settings import EncodeSettings
+from pipeline.storage import create_temp_beside, publish
 
 __all__ = ["EncodedVideo", "encode_mp4", "write_poster", "probe_video", "mp4_top_level_boxes"]
 
@@ -139,39 +139,20 @@ def _check_output(out_path: Path) -> None:
 
 
 def _create_temp_beside(out_path: Path, suffix: str) -> Path:
-    """Create an empty hidden temp file in the target's directory (same file system, so the final
-    ``os.replace`` is atomic). Created with mode 0o666 minus the umask, like a normal file."""
-    for _ in range(8):
-        temp = out_path.with_name(f".{out_path.name}.{secrets.token_hex(6)}{suffix}")
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise EncodeFailed(f"cannot write in {out_path.parent}: {exc.strerror} "
-                               "(check permissions, free space, read-only mounts)",
-                               code="output_unwritable") from exc
-        os.close(fd)
-        return temp
-    raise EncodeFailed(f"could not create a temp file beside {out_path}", code="output_unwritable")
-
-
-def _commit(temp: Path, out_path: Path) -> None:
-    """fsync the finished temp file, then move it onto the target in one step."""
     try:
-        with temp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(temp, out_path)
+        return create_temp_beside(out_path, suffix)
     except OSError as exc:
-        raise EncodeFailed(f"cannot move the finished file onto {out_path}: {exc.strerror}",
+        raise EncodeFailed(f"cannot write in {out_path.parent}: {exc.strerror} "
+                           "(check permissions, free space, read-only mounts)",
                            code="output_unwritable") from exc
 
 
-def _remove_quietly(path: Path) -> None:
+def _commit(temp: Path, out_path: Path) -> None:
     try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+        publish(temp, out_path)
+    except OSError as exc:
+        raise EncodeFailed(f"cannot move the finished file onto {out_path}: {exc.strerror}",
+                           code="output_unwritable") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +323,7 @@ def encode_mp4(
         # 4. publish atomically
         _commit(temp, out_path)
     finally:
-        _remove_quietly(temp)  # no-op after a successful replace
+        temp.unlink(missing_ok=True)  # no-op after a successful replace
 
     return EncodedVideo(
         path=out_path, width=width, height=height, fps=float(fps), frames=facts["frames"],
@@ -374,5 +355,5 @@ def write_poster(frame: np.ndarray, out_path: str | Path, quality: int = 90) -> 
             raise EncodeFailed(f"cannot write the poster {out_path}: {exc}", code="output_unwritable") from exc
         _commit(temp, out_path)
     finally:
-        _remove_quietly(temp)
+        temp.unlink(missing_ok=True)
     return out_path

@@ -38,6 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pipeline.errors import LabelFailed
 from pipeline.settings import LabelSettings
+from pipeline.storage import create_temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -412,12 +413,11 @@ def sign_video(src: Path, dst: Path, info: LabelInfo, credentials: Credentials, 
     alg = _signing_alg(credentials.key_pem)
     started = time.perf_counter()
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".c2pa-tmp", dir=dst.parent)
+        tmp = create_temp_beside(dst, ".c2pa-tmp")
     except OSError as exc:
         raise _unwritable(dst, exc) from exc
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "w+b") as out:
+        with tmp.open("w+b") as out:
             _sign_to(src, out, manifest, info, credentials, settings, alg)
             out.flush()
             os.fsync(out.fileno())
@@ -426,7 +426,7 @@ def sign_video(src: Path, dst: Path, info: LabelInfo, credentials: Credentials, 
         _require_valid(report, src, credentials.trust_anchors_pem is not None)
         verified_at = time.perf_counter()
         bytes_added = tmp.stat().st_size - src.stat().st_size
-        os.chmod(tmp, stat.S_IMODE(src.stat().st_mode))  # mkstemp made it 0600; keep the video's mode
+        os.chmod(tmp, stat.S_IMODE(src.stat().st_mode))  # keep the video's mode
         os.replace(tmp, dst)
     except OSError as exc:
         raise _unwritable(dst, exc) from exc

@@ -1,38 +1,30 @@
 """The whole chain, in-process: photo -> checks -> frames -> MP4 -> C2PA label -> report.
 
-``animate`` is what the CLI calls directly and what the Celery tasks call stage by stage (each stage
-is a plain function in its own module). It keeps no copy of the source photo: the only file it writes
-are the outputs, each atomically, and the MP4 appears at its path only once it is signed and verified.
+``animate`` is what the CLI calls; the Celery tasks in ``workers/`` call the same stage functions
+(``pipeline/stages.py``) one task per stage. It keeps no copy of the source photo: the only files
+it writes are the outputs, each atomically, and the MP4 appears at its path only once it is signed
+and verified.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import io
 import logging
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from PIL import Image
-
-import pipeline
-from pipeline.encode import encode_mp4, write_poster
-from pipeline.engines import GenerationOptions, get_engine
-from pipeline.frame import fit_to_size
-from pipeline.intake import load_image
-from pipeline.provenance import LabelInfo, load_credentials, sign_video, verify
+from pipeline import stages
+from pipeline.engines import GenerationOptions
+from pipeline.jobs import JobRecord, new_job_id
 from pipeline.settings import Settings
-from pipeline.storage import write_json_atomic
+from pipeline.storage import publish, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-STAGES = ("intake", "moderate_prompt", "moderate_image", "frame", "generate", "moderate_video", "encode", "label",
-          "verify")
+STAGES = ("intake", "moderate_input", "generate", "moderate_video", "encode", "label")
 
 StageProgress = Callable[[str, int, int], None]
 """Called with (stage, done, total); total is 1 for stages without inner steps."""
@@ -47,8 +39,10 @@ class Result:
     report: dict[str, Any]
 
 
-class _Timer:
-    def __init__(self, progress: StageProgress | None):
+class StageTimer:
+    """Times stages into ``seconds`` and forwards progress (stage, done, total) to a callback."""
+
+    def __init__(self, progress: StageProgress | None = None):
         self.seconds: dict[str, float] = {}
         self._progress = progress
         self._totals: dict[str, int] = {}
@@ -71,6 +65,9 @@ class _Timer:
         if self._progress is not None:
             self._progress(name, done, total)
 
+    def steps(self, name: str) -> Callable[[int, int], None]:
+        return lambda done, total: self.notify(name, done, total)
+
 
 def default_paths(output: Path) -> tuple[Path, Path]:
     """Poster and report paths next to the video: story.mp4 -> story.jpg, story.json."""
@@ -90,121 +87,47 @@ def animate(
     progress: StageProgress | None = None,
 ) -> Result:
     """Run the chain for one photo and write the labelled MP4, its poster JPEG and a JSON report."""
-    from moderation import check_frames, check_image, check_prompt, enforce
-
     options = options or GenerationOptions()
     output = Path(output)
     default_poster, default_report = default_paths(output)
     poster_path = Path(poster) if poster else default_poster
     report_path = Path(report) if report else default_report
-    job_id = job_id or uuid.uuid4().hex
-    timer = _Timer(progress)
-    changes: list[str] = []
-    verdicts: dict[str, Any] = {}
-    started = dt.datetime.now(dt.timezone.utc)
+    record = JobRecord(job_id=job_id or new_job_id(), status="running", options=options.model_dump(), prompt=prompt,
+                       source_retained=False)
+    timer = StageTimer(progress)
 
     with timer.stage("intake"):
-        taken = load_image(source, settings.intake)
-    if taken.facts.get("exif_transposed"):
-        changes.append("rotated upright from its EXIF orientation")
-    if taken.facts.get("metadata_removed"):
-        changes.append("removed metadata: " + ", ".join(taken.facts["metadata_removed"]))
+        taken, changes = stages.intake(source, settings)
+    record.input, record.changes = taken.facts, changes
 
-    with timer.stage("moderate_prompt"):
-        verdict = check_prompt(prompt, settings.moderation)
-        verdicts["prompt"] = verdict.to_dict()
-        enforce(verdict, settings.moderation)
+    with timer.stage("moderate_input"):
+        stages.moderate_input(taken.image, prompt, settings, record.moderation)
 
-    with timer.stage("moderate_image"):
-        verdict = check_image(taken.image, settings.moderation)
-        verdicts["image"] = verdict.to_dict()
-        enforce(verdict, settings.moderation)
-
-    with timer.stage("frame"):
-        framed, frame_record = fit_to_size(taken.image, options.width, options.height, settings.frame.strategy)
-    changes.append(_describe_framing(frame_record))
-
-    engine = get_engine(settings)
     with timer.stage("generate"):
-        engine.load()
-        clip = engine.generate(framed, options, lambda done, total: timer.notify("generate", done, total))
+        made = stages.generate(taken.image, options, settings, timer.steps("generate"))
+    clip = made.clip
+    record.framing, record.engine, record.software_agent = made.framing, made.engine, made.software_agent
+    record.changes += made.changes
+    record.seed, record.notes = clip.seed, list(clip.notes)
+    record.options.update(seed=clip.seed, fps=clip.fps, num_frames=int(clip.frames.shape[0]))
 
     with timer.stage("moderate_video"):
-        verdict = check_frames(clip.frames, settings.moderation)
-        verdicts["video"] = verdict.to_dict()
-        enforce(verdict, settings.moderation)
+        stages.moderate_video(clip.frames, settings, record.moderation)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".alive-", dir=output.parent) as work:
-        unsigned = Path(work) / "unsigned.mp4"
+        unsigned, poster_draft = Path(work) / "unsigned.mp4", Path(work) / "poster.jpg"
         with timer.stage("encode"):
-            encoded = encode_mp4(clip.frames, unsigned, clip.fps, settings.encode,
-                                 progress=lambda done, total: timer.notify("encode", done, total))
+            encoded = stages.encode(clip.frames, clip.fps, unsigned, poster_draft, settings, timer.steps("encode"))
         with timer.stage("label"):
-            credentials = load_credentials(settings.label, settings.dev_credentials_dir)
-            info = LabelInfo(
-                title=settings.label.title,
-                generator_name=settings.label.claim_generator,
-                generator_version=pipeline.__version__,
-                software_agent=engine.software_agent,
-                source_mime="image/jpeg",
-                source_bytes=_jpeg_bytes(taken.image),
-            )
-            label_summary = sign_video(unsigned, output, info, credentials, settings.label)
+            record.c2pa = stages.label(unsigned, output, stages.png_bytes(taken.image), made.software_agent, settings)
+        publish(poster_draft, poster_path)  # only a labelled video gets a poster beside it
 
-    with timer.stage("verify"):
-        checked = verify(output, credentials.trust_anchors_pem)
-    poster_file = write_poster(clip.frames[0], poster_path, settings.encode.poster_quality)
-
-    engine_info = engine.describe()
-    doc: dict[str, Any] = {
-        "job_id": job_id,
-        "status": "succeeded",
-        "alive_version": pipeline.__version__,
-        "created_at": started.isoformat(),
-        "engine": engine_info,
-        "seed": clip.seed,
-        "parameters": {**options.model_dump(), "fps": clip.fps, "num_frames": int(clip.frames.shape[0])},
-        "prompt": prompt,
-        "input": taken.facts,
-        "framing": frame_record,
-        "changes": changes,
-        "moderation": verdicts,
-        "notes": list(clip.notes),
-        "outputs": {
-            "video": str(output),
-            "poster": str(poster_file),
-            "width": encoded.width,
-            "height": encoded.height,
-            "fps": encoded.fps,
-            "frames": encoded.frames,
-            "duration_s": round(encoded.frames / encoded.fps, 3),
-            "codec": encoded.codec,
-            "profile": encoded.profile,
-            "pix_fmt": encoded.pix_fmt,
-            "bytes": output.stat().st_size,
-        },
-        "c2pa": {**label_summary, "verification": checked.to_dict(),
-                 "development_credentials": credentials.development},
-        "timings_s": {**timer.seconds, "total": round(sum(timer.seconds.values()), 4)},
-        "source_retained": False,
-    }
+    record.outputs = {"video": str(output), "poster": str(poster_path), "bytes": output.stat().st_size,
+                      **stages.outputs_summary(encoded)}
+    record.timings_s = {**timer.seconds, "total": round(sum(timer.seconds.values()), 4)}
+    record.status, record.stage = "succeeded", None
+    doc = record.to_dict()
     write_json_atomic(report_path, doc)
-    log.info("job %s: wrote %s (%s, %d frames)", job_id, output, checked.state, encoded.frames)
-    return Result(job_id=job_id, video=output, poster=poster_file, report_path=report_path, report=doc)
-
-
-def _jpeg_bytes(image: Image.Image) -> bytes:
-    """The sanitised photo as JPEG, for the C2PA ingredient hash (no thumbnail is embedded by default)."""
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _describe_framing(record: dict[str, Any]) -> str:
-    (w, h), (tw, th) = record["source_size"], record["size"]
-    if record["strategy"] == "crop":
-        x0, y0, x1, y1 = record["crop_box"]
-        return (f"cropped the centre {x1 - x0}x{y1 - y0} of the {w}x{h} photo "
-                f"({record['kept_fraction']:.0%} kept) and resized it to {tw}x{th}")
-    return f"placed the whole {w}x{h} photo, scaled {record['scale']}x, over a blurred copy of itself at {tw}x{th}"
+    log.info("job %s: wrote %s (%s, %d frames)", record.job_id, output, record.c2pa["state"], encoded.frames)
+    return Result(job_id=record.job_id, video=output, poster=poster_path, report_path=report_path, report=doc)

@@ -99,6 +99,40 @@ class LabelSettings(_Section):
     title: str = "AI-generated story video"
 
 
+class StorageSettings(_Section):
+    root: Path | None = Field(None, description="local store for job files; None = <data_dir>/store")
+    public_base_url: str | None = Field(None, description="URL prefix for shareable links; None = file paths")
+    retention_hours: float = Field(168.0, gt=0, description="finished jobs' outputs are deleted after this")
+
+
+class WorkerSettings(_Section):
+    broker_url: str | None = Field(None, description="redis:// or amqp:// URL; None = embedded Redis in data_dir")
+    result_backend: str | None = Field(None, description="None = the broker URL when it is Redis")
+    cpu_queue: str = "cpu"
+    gpu_queue: str = "gpu"
+    visibility_timeout_s: int = Field(7200, ge=60, description="Redis: unacked tasks are redelivered after this")
+    unacked_restore_interval_s: float = Field(2.0, gt=0, description="Redis: how often lost tasks are looked for")
+    generate_soft_time_limit_s: int = Field(1800, ge=1, description="alive.generate: SoftTimeLimitExceeded after")
+    generate_time_limit_s: int = Field(2100, ge=1, description="alive.generate: the child is killed after")
+    cpu_soft_time_limit_s: int = Field(300, ge=1, description="every other task: soft limit")
+    cpu_time_limit_s: int = Field(420, ge=1, description="every other task: hard limit")
+    max_retries: int = Field(3, ge=0, le=20, description="retries of a TransientError before the job fails")
+    retry_backoff_s: int = Field(2, ge=0, description="first retry delay; doubles each time (with jitter)")
+
+    @model_validator(mode="after")
+    def _limits_fit(self) -> "WorkerSettings":
+        hard = max(self.generate_time_limit_s, self.cpu_time_limit_s)
+        if self.visibility_timeout_s <= hard:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed the longest hard time limit "
+                f"({hard}), or a running task is delivered to a second worker"
+            )
+        if self.generate_soft_time_limit_s >= self.generate_time_limit_s or \
+                self.cpu_soft_time_limit_s >= self.cpu_time_limit_s:
+            raise ValueError("each soft time limit must be below its hard time limit")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ALIVE_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
@@ -111,6 +145,8 @@ class Settings(BaseSettings):
     frame: FrameSettings = FrameSettings()
     encode: EncodeSettings = EncodeSettings()
     label: LabelSettings = LabelSettings()
+    storage: StorageSettings = StorageSettings()
+    worker: WorkerSettings = WorkerSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -133,6 +169,10 @@ class Settings(BaseSettings):
     @property
     def model_cache_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def store_root(self) -> Path:
+        return self.storage.root or self.data_dir / "store"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

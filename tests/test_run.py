@@ -40,6 +40,7 @@ def test_motion_story_end_to_end(tmp_path, settings, sample_photo):
     assert set(STAGES) <= set(report["timings_s"]) and report["timings_s"]["total"] > 0
     assert report["framing"]["strategy"] == "pad" and report["changes"]  # the square photo was padded, and said so
     assert {"prompt", "image", "video"} <= set(report["moderation"])
+    assert report["options"]["seed"] == 5 and report["options"]["num_frames"] == 12
     assert "violence" in report["moderation"]["image"]["unchecked"]
     assert report["c2pa"]["verification"]["state"] == "Trusted"
     assert report["source_retained"] is False

@@ -1,0 +1,165 @@
+"""The job record: one JSON document per job that every front door reads and every stage updates.
+
+At the end of a job it *is* the report (``report.json`` next to the video). Layout in the store:
+``jobs/<id>/job.json`` plus the job's files under the same prefix (see ``Keys``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pipeline
+from pipeline.storage import LocalStorage, Storage
+
+STATES = ("queued", "running", "succeeded", "blocked", "rejected", "failed")
+FINAL_STATES = ("succeeded", "blocked", "rejected", "failed")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+class Keys:
+    """Storage keys of one job's files."""
+
+    def __init__(self, job_id: str):
+        if not job_id or not all(c.isalnum() or c in "-_" for c in job_id):
+            raise ValueError(f"bad job id {job_id!r}")
+        self.job_id = job_id
+        self.prefix = f"jobs/{job_id}"
+
+    def __getattr__(self, name: str) -> str:
+        files = {
+            "record": "job.json",
+            "source": "source",  # the upload, deleted when the chain ends
+            "clean": "clean.png",  # sanitised photo, deleted when the chain ends
+            "frames": "frames.npy",  # generated frames, deleted when the chain ends
+            "unsigned": "unsigned.mp4",  # encoded, not yet labelled; deleted when the chain ends
+            "video": "story.mp4",
+            "poster": "poster.jpg",
+            "report": "report.json",
+        }
+        if name not in files:
+            raise AttributeError(name)
+        return f"{self.prefix}/{files[name]}"
+
+    @property
+    def transient(self) -> tuple[str, ...]:
+        """Files that hold the user's photo or intermediate data: never kept after the chain."""
+        return (self.source, self.clean, self.frames, self.unsigned)
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    status: str = "queued"
+    stage: str | None = None
+    progress: dict[str, int] = field(default_factory=lambda: {"done": 0, "total": 0})
+    created_at: str = field(default_factory=now)
+    updated_at: str = field(default_factory=now)
+    alive_version: str = pipeline.__version__
+    options: dict[str, Any] = field(default_factory=dict)
+    prompt: str | None = None
+    engine: dict[str, Any] | None = None
+    software_agent: str | None = None
+    seed: int | None = None
+    input: dict[str, Any] | None = None
+    framing: dict[str, Any] | None = None
+    changes: list[str] = field(default_factory=list)
+    moderation: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    c2pa: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    source_retained: bool = True
+    label: str | None = None  # the caller's name for the item (batch: the input's file name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "JobRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATES
+
+
+class JobStore:
+    """Reads and updates job records in a Storage; updates of one job are serialised with a lock."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    def create(self, record: JobRecord) -> JobRecord:
+        self.save(record)
+        return record
+
+    def exists(self, job_id: str) -> bool:
+        return self.storage.exists(Keys(job_id).record)
+
+    def load(self, job_id: str) -> JobRecord:
+        from pipeline.errors import ConfigError
+
+        key = Keys(job_id).record
+        if not self.storage.exists(key):
+            raise ConfigError(f"no job {job_id} in {getattr(self.storage, 'root', 'the store')}", code="no_such_job")
+        return JobRecord.from_dict(json.loads(self.storage.get_bytes(key)))
+
+    def save(self, record: JobRecord) -> None:
+        record.updated_at = now()
+        self.storage.put_bytes(Keys(record.job_id).record, json.dumps(record.to_dict(), indent=2, default=str).encode())
+
+    def update(self, job_id: str, **changes: Any) -> JobRecord:
+        """Re-read, change and save one record under the job's lock (no lost updates between tasks)."""
+        with self._locked(job_id):
+            record = self.load(job_id)
+            for name, value in changes.items():
+                if not hasattr(record, name):
+                    raise AttributeError(f"JobRecord has no field {name!r}")
+                current = getattr(record, name)
+                if isinstance(current, dict) and isinstance(value, dict) and name not in ("progress", "error"):
+                    current.update(value)  # merge sections (moderation, timings, outputs ...)
+                else:
+                    setattr(record, name, value)
+            self.save(record)
+            return record
+
+    @contextlib.contextmanager
+    def _locked(self, job_id: str) -> Iterator[None]:
+        if not isinstance(self.storage, LocalStorage):  # an object store brings its own concurrency control
+            yield
+            return
+        lock = self.storage.path(Keys(job_id).prefix) / ".lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def delete_transient(self, job_id: str) -> None:
+        """Delete the source photo and every intermediate file of a job."""
+        for key in Keys(job_id).transient:
+            self.storage.delete(key)
+
+    def list_ids(self) -> list[str]:
+        if not isinstance(self.storage, LocalStorage):
+            raise NotImplementedError("listing jobs needs the local store")
+        folder = self.storage.root / "jobs"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
