@@ -109,7 +109,7 @@ def animate(
     record.framing, record.engine, record.software_agent = made.framing, made.engine, made.software_agent
     record.changes += made.changes
     record.seed, record.notes = clip.seed, list(clip.notes)
-    record.options.update(seed=clip.seed, fps=clip.fps, num_frames=int(clip.frames.shape[0]))
+    record.options = made.options.model_dump()
 
     with timer.stage("moderate_video"):
         stages.moderate_video(clip.frames, settings, record.moderation)

@@ -68,6 +68,7 @@ def moderate_video(frames: np.ndarray, settings: Settings, record: dict[str, Any
 # -- generation ------------------------------------------------------------------------------------
 @dataclass
 class Generated:
+    options: GenerationOptions  # with the engine's defaults filled in
     clip: Clip
     framing: dict[str, Any]
     changes: list[str]
@@ -78,11 +79,13 @@ class Generated:
 def generate(image: Image.Image, options: GenerationOptions, settings: Settings,
              progress: StepProgress | None = None) -> Generated:
     """Frame the photo to the generation size and animate it with the configured engine."""
-    framed, framing = fit_to_size(image, options.width, options.height, settings.frame.strategy)
     engine = get_engine(settings)
+    options = engine.resolve(options)
+    framed, framing = fit_to_size(image, options.width, options.height, settings.frame.strategy)
     engine.load()
     clip = engine.generate(framed, options, progress)
-    return Generated(clip=clip, framing=framing, changes=[describe_framing(framing)], engine=engine.describe(),
+    options = options.model_copy(update={"seed": clip.seed, "fps": int(clip.fps), "num_frames": len(clip.frames)})
+    return Generated(options=options, clip=clip, framing=framing, changes=[describe_framing(framing)], engine=engine.describe(),
                      software_agent=engine.software_agent)
 
 

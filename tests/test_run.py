@@ -52,7 +52,7 @@ def test_tiny_engine_story(tmp_path, settings, sample_photo):
     out = tmp_path / "tiny.mp4"
     result = animate(sample_photo, out, s, GenerationOptions.build(seed=1, num_frames=4, num_inference_steps=2, **STORY))
     report = result.report
-    assert report["engine"]["engine"] == "tiny" and report["engine"]["model"] == "local:tiny-svd-v1"
+    assert report["engine"]["engine"] == "tiny" and report["engine"]["model"] == "local:tiny-svd-v2"
     assert any("noise" in n for n in report["notes"])
     assert report["outputs"]["frames"] == 4 and report["outputs"]["fps"] == 7
     checked = verify(out, (s.dev_credentials_dir / "root.pem").read_bytes())

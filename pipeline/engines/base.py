@@ -20,7 +20,8 @@ ProgressFn = Callable[[int, int], None]
 class GenerationOptions(BaseModel):
     """Per-clip options. Bounds live here so bad values never reach a model.
 
-    ``None`` means "the engine's own default" (SVD-XT: 25 frames at 7 fps; motion: 96 frames at 24 fps).
+    ``None`` means "the engine's own default" (SVD-XT: 25 frames at 7 fps, 576x1024; motion: 96 frames at
+    24 fps, 576x1024; tiny: 144x256).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -34,8 +35,8 @@ class GenerationOptions(BaseModel):
     min_guidance_scale: float = Field(1.0, ge=0.0, le=20.0)
     max_guidance_scale: float = Field(3.0, ge=0.0, le=20.0, description="1.0 disables classifier-free guidance")
     decode_chunk_size: int = Field(8, ge=1, le=64, description="frames decoded by the VAE at once (memory)")
-    width: int = Field(576, ge=64, le=2048, multiple_of=8, description="generation width, multiple of 8")
-    height: int = Field(1024, ge=64, le=2048, multiple_of=8, description="generation height, multiple of 8")
+    width: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="generation width, multiple of 8")
+    height: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="generation height, multiple of 8")
 
     @model_validator(mode="after")
     def _guidance_ordered(self) -> "GenerationOptions":
@@ -81,6 +82,12 @@ class Engine(abc.ABC):
     """A generation engine: load once, then turn framed images into clips."""
 
     name: str = "engine"
+    default_size: tuple[int, int] = (576, 1024)  # portrait 9:16, the size SVD-XT was fine-tuned near
+
+    def resolve(self, options: GenerationOptions) -> GenerationOptions:
+        """Fill the size the caller left open with this engine's default."""
+        width, height = options.width or self.default_size[0], options.height or self.default_size[1]
+        return options.model_copy(update={"width": width, "height": height})
 
     @abc.abstractmethod
     def load(self) -> None:
