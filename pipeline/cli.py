@@ -272,6 +272,235 @@ def models_tiny(config: Optional[Path] = typer.Option(None, "--config", "-c", he
     _guard(work)
 
 
+def _generation_options(**values: Any):
+    from pipeline.engines import GenerationOptions
+
+    return GenerationOptions.build(**values)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def worker(
+    queues: str = typer.Option("cpu,gpu", "--queues", "-Q", help="Queues to consume: cpu, gpu or both."),
+    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Worker child processes."),
+    pool: str = typer.Option("prefork", "--pool", help="prefork (time limits enforced; default) or solo."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Worker node name [alive-QUEUES@host]."),
+    beat: bool = typer.Option(False, "--beat", help="Also run the hourly cleanup of expired jobs."),
+    loglevel: str = typer.Option("INFO", "--loglevel", "-l", help="Worker log level."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML settings file."),
+) -> None:
+    """Run a Celery worker (starts or joins the embedded broker when no broker URL is set).
+
+    A GPU host runs `alive worker -Q gpu -c 1`; CPU hosts run `alive worker -Q cpu -c N`.
+    """
+
+    def work() -> int:
+        from workers.app import app as celery_app
+        from workers.client import connect
+
+        settings = _settings(config)
+        connect(settings)
+        names = {"cpu": settings.worker.cpu_queue, "gpu": settings.worker.gpu_queue}
+        wanted = [names.get(q.strip(), q.strip()) for q in queues.split(",") if q.strip()]
+        argv = ["worker", f"--queues={','.join(wanted)}", f"--concurrency={concurrency}", f"--pool={pool}",
+                f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
+                f"--hostname={name or 'alive-' + '-'.join(wanted) + '@%h'}"]
+        if beat:
+            argv.append("--beat")
+        celery_app.worker_main(argv)
+        return 0
+
+    _guard(work)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def submit(
+    image: Path = typer.Argument(..., help="Photo to animate."),
+    engine: Optional[str] = typer.Option(None, "--engine", "-e", help="motion, svd or tiny [worker's setting]."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    frames: Optional[int] = typer.Option(None, "--frames"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    fps: Optional[int] = typer.Option(None, "--fps"),
+    motion: Optional[int] = typer.Option(None, "--motion"),
+    prompt: Optional[str] = typer.Option(None, "--prompt"),
+    wait_: bool = typer.Option(False, "--wait", help="Wait for the job and print where its files are."),
+    timeout: float = typer.Option(3600.0, "--timeout", help="With --wait: give up after this many seconds."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
+) -> None:
+    """Queue one photo on the broker and print its job id (see `alive status JOB_ID`)."""
+
+    def work() -> int:
+        from workers.client import connect, submit as send, wait
+
+        settings = _settings(config)
+        connect(settings)
+        options = _generation_options(seed=seed, num_frames=frames, num_inference_steps=steps, fps=fps,
+                                      motion_bucket_id=motion)
+        job_id = send(image, settings, options, prompt=prompt, engine=engine, label=image.name)
+        out.print(job_id)
+        if not wait_:
+            return 0
+        record = wait([job_id], settings, timeout=timeout)[job_id]
+        _print_status(record)
+        return _exit_for(record)
+
+    _guard(work)
+
+
+def _exit_for(record) -> int:
+    return {"succeeded": 0, "rejected": 3, "blocked": 4}.get(record.status, 5 if record.finished else 1)
+
+
+def _print_status(record) -> None:
+    out.print(f"job       {record.job_id}")
+    out.print(f"status    {record.status}" + (f" (stage {record.stage})" if record.stage else ""))
+    if record.status == "running" and record.progress.get("total"):
+        out.print(f"progress  {record.progress['done']}/{record.progress['total']}")
+    if record.error:
+        out.print(f"reason    ({record.error.get('code')}) {record.error.get('message')}")
+    for name in ("video", "poster", "report"):
+        if name in record.outputs:
+            out.print(f"{name:<9} {record.outputs[name]}")
+    if record.timings_s:
+        out.print("timings   " + ", ".join(f"{k} {v:.2f}s" for k, v in record.timings_s.items()))
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def status(
+    job_id: str = typer.Argument(..., help="Job id printed by `alive submit`."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the whole job record as JSON."),
+) -> None:
+    """Show a job's state, stage and progress, and its files once done."""
+
+    def work() -> int:
+        from workers.client import status as job_status
+
+        record = job_status(job_id, _settings(config))
+        if json_out:
+            out.print_json(json.dumps(record.to_dict(), default=str))
+        else:
+            _print_status(record)
+        return 0
+
+    _guard(work)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def batch(
+    inputs: Path = typer.Argument(..., help="A folder of photos, a .txt list of paths or a .csv (column 'path')."),
+    out_dir: Path = typer.Option(..., "--output", "-o", help="Folder for the videos, posters, reports and summary."),
+    engine: Optional[str] = typer.Option(None, "--engine", "-e", help="motion, svd or tiny."),
+    local: bool = typer.Option(False, "--local", help="Run in this process, without a broker."),
+    broker: Optional[str] = typer.Option(None, "--broker", help="Broker URL [config, else the embedded Redis]."),
+    spawn_workers: bool = typer.Option(True, "--spawn-workers/--no-spawn-workers",
+                                       help="Start workers for this batch when none answer."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    frames: Optional[int] = typer.Option(None, "--frames"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    width: Optional[int] = typer.Option(None, "--width"),
+    height: Optional[int] = typer.Option(None, "--height"),
+    prompt: Optional[str] = typer.Option(None, "--prompt"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up waiting after this many seconds."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
+) -> None:
+    """Animate many photos; resumable; writes OUT/summary.jsonl with a row per input.
+
+    Exit 0 when every item is done or skipped, 1 when some were blocked, rejected or failed.
+    """
+
+    def work() -> int:
+        from workers.batch import Batch, read_inputs
+
+        settings = _settings(config, worker={"broker_url": broker} if broker else None)
+        items = read_inputs(inputs)
+        options = _generation_options(seed=seed, num_frames=frames, num_inference_steps=steps, width=width,
+                                      height=height)
+        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=err)
+        task = progress.add_task("batch", total=len(items))
+
+        def on_update(rows) -> None:
+            c = {}
+            for r in rows:
+                c[r.status] = c.get(r.status, 0) + 1
+            finished = sum(c.get(k, 0) for k in ("done", "skipped", "blocked", "rejected", "failed"))
+            progress.update(task, completed=finished, description=" ".join(f"{k} {v}" for k, v in sorted(c.items())))
+
+        job = Batch(items, out_dir, settings, options, engine=engine, prompt=prompt, on_update=on_update)
+        with progress:
+            if local:
+                job.run_local()
+            else:
+                from workers.app import uses_embedded_broker
+                from workers.client import WorkerProcesses, connect, workers_answering
+
+                connect(settings)
+                spawned = None
+                if spawn_workers and not workers_answering(settings):
+                    if not uses_embedded_broker(settings):
+                        err.print("no worker answers on the configured broker: starting local workers")
+                    spawned = WorkerProcesses(settings, config).start()
+                try:
+                    job.run_queued(timeout=timeout)
+                finally:
+                    if spawned:
+                        spawned.stop()
+        summary = job.write_summary(out_dir / "summary.jsonl")
+        counts = job.counts()
+        out.print(" ".join(f"{k} {v}" for k, v in counts.items() if v) + f"  (summary: {summary})")
+        return 0 if counts["blocked"] + counts["rejected"] + counts["failed"] == 0 else 1
+
+    _guard(work)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def cleanup(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file.")) -> None:
+    """Delete finished jobs older than storage.retention_hours from the job store."""
+
+    def work() -> int:
+        from pipeline.jobs import JobStore, cleanup as remove_expired
+        from pipeline.storage import open_storage
+
+        settings = _settings(config)
+        removed = remove_expired(JobStore(open_storage(settings)), settings.storage.retention_hours)
+        out.print(f"removed {len(removed)} expired job(s)")
+        return 0
+
+    _guard(work)
+
+
+broker_app = typer.Typer(help="The embedded Redis broker (used when no broker URL is configured).",
+                         no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+
+
+@broker_app.command("start")
+def broker_start(config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
+    """Start (or join) the embedded broker and print its URL."""
+
+    def work() -> int:
+        from workers.broker import embedded_broker
+
+        out.print(embedded_broker(_settings(config).data_dir).start().url)
+        return 0
+
+    _guard(work)
+
+
+@broker_app.command("stop")
+def broker_stop(config: Optional[Path] = typer.Option(None, "--config", "-c")) -> None:
+    """Stop the embedded broker (queued jobs are kept on disk and come back with it)."""
+
+    def work() -> int:
+        from workers.broker import embedded_broker
+
+        embedded_broker(_settings(config).data_dir).stop()
+        out.print("stopped")
+        return 0
+
+    _guard(work)
+
+
 class _StageBar:
     """A rich progress display: one line for the stage, with inner steps where a stage has them."""
 

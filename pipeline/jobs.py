@@ -22,6 +22,17 @@ STATES = ("queued", "running", "succeeded", "blocked", "rejected", "failed")
 FINAL_STATES = ("succeeded", "blocked", "rejected", "failed")
 
 
+def status_for(exc: BaseException) -> str:
+    """The final job status an exception stands for: rejected, blocked or failed."""
+    from pipeline.errors import InputRejected, ModerationBlocked
+
+    if isinstance(exc, InputRejected):
+        return "rejected"
+    if isinstance(exc, ModerationBlocked):
+        return "blocked"
+    return "failed"
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -71,6 +82,7 @@ class JobRecord:
     alive_version: str = pipeline.__version__
     options: dict[str, Any] = field(default_factory=dict)
     prompt: str | None = None
+    engine_name: str | None = None  # engine asked for at submission; None = the worker's configured one
     engine: dict[str, Any] | None = None
     software_agent: str | None = None
     seed: int | None = None
@@ -163,3 +175,22 @@ class JobStore:
             raise NotImplementedError("listing jobs needs the local store")
         folder = self.storage.root / "jobs"
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def cleanup(store: JobStore, retention_hours: float, now_: dt.datetime | None = None) -> list[str]:
+    """Delete every file of finished jobs last updated more than ``retention_hours`` ago."""
+    limit = (now_ or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(hours=retention_hours)
+    removed = []
+    for job_id in store.list_ids():
+        try:
+            record = store.load(job_id)
+        except (ValueError, OSError):  # half-created or damaged record: judge by the folder's age
+            folder = store.storage.local_path(Keys(job_id).prefix)
+            if dt.datetime.fromtimestamp(folder.stat().st_mtime, dt.timezone.utc) > limit:
+                continue
+        else:
+            if not record.finished or dt.datetime.fromisoformat(record.updated_at) > limit:
+                continue
+        store.storage.delete_prefix(Keys(job_id).prefix)
+        removed.append(job_id)
+    return removed

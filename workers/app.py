@@ -1,0 +1,87 @@
+"""The Celery app, configured from the project settings (the only configuration there is).
+
+Broker: ``worker.broker_url`` (any Redis >= 6.2 or RabbitMQ URL) or, when unset, the embedded
+Redis under the data dir (``workers/broker.py``). Reliability defaults are chosen for multi-minute
+GPU tasks: late acks + requeue when a worker dies, prefetch 1, and a Redis visibility timeout well
+above the longest hard time limit (so a running task is never handed to a second worker).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from pipeline.settings import Settings, load_settings
+from workers.broker import embedded_broker
+
+TASK_MODULES = ["workers.tasks"]
+
+
+def broker_url(settings: Settings) -> str:
+    return settings.worker.broker_url or embedded_broker(settings.data_dir).url
+
+
+def uses_embedded_broker(settings: Settings) -> bool:
+    return settings.worker.broker_url is None
+
+
+def ensure_broker(settings: Settings) -> None:
+    """Start (or join) the embedded broker when no broker URL is configured."""
+    if uses_embedded_broker(settings):
+        embedded_broker(settings.data_dir).start()
+
+
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "redis+socket://", "socket://"))
+
+
+def celery_config(settings: Settings) -> dict:
+    w = settings.worker
+    url = broker_url(settings)
+    backend = w.result_backend or (url if _is_redis(url) else None)
+    config = {
+        "broker_url": url,
+        "result_backend": backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,  # ack after the task ran: a killed worker's task is delivered again
+        "task_reject_on_worker_lost": True,  # ... also when the child process died (kill -9, OOM)
+        "worker_prefetch_multiplier": 1,  # a busy GPU worker must not sit on queued jobs
+        "task_track_started": True,
+        "task_default_queue": w.cpu_queue,
+        "task_routes": {"alive.generate": {"queue": w.gpu_queue}, "alive.*": {"queue": w.cpu_queue}},
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,  # they come back via redelivery
+        "result_expires": int(settings.storage.retention_hours * 3600),
+        "worker_hijack_root_logger": False,
+        "task_soft_time_limit": w.cpu_soft_time_limit_s,
+        "task_time_limit": w.cpu_time_limit_s,
+        "beat_schedule": {"alive-cleanup": {"task": "alive.cleanup", "schedule": 3600.0}},
+        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
+        "task_annotations": {
+            "alive.generate": {"soft_time_limit": w.generate_soft_time_limit_s, "time_limit": w.generate_time_limit_s}
+        },
+    }
+    if _is_redis(url):
+        transport = {
+            "visibility_timeout": w.visibility_timeout_s,
+            "unacked_restore_interval": w.unacked_restore_interval_s,  # look for lost tasks often ...
+            "unacked_restore_throttle": 1,  # ... and put them back without the default pauses
+        }
+        config["broker_transport_options"] = transport
+        config["result_backend_transport_options"] = {"visibility_timeout": w.visibility_timeout_s}
+    return config
+
+
+def configure(app: Celery, settings: Settings) -> Celery:
+    """Apply settings to the app (before a worker starts or a job is sent)."""
+    app.conf.update(celery_config(settings))
+    app.conf.alive_settings = settings
+    return app
+
+
+def current_settings() -> Settings:
+    return app.conf.alive_settings
+
+
+app = configure(Celery("alive", include=TASK_MODULES), load_settings())

@@ -1,0 +1,189 @@
+"""Batch jobs: many photos in, one story each out, a summary row for every input whatever happened.
+
+Runs in-process (``local=True``) or through the broker (a group of chains). Resumable: an item
+whose video already exists in the output folder and verifies is skipped. One bad file never stops
+the batch; its row says why.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.engines import GenerationOptions
+from pipeline.errors import AliveError, ConfigError
+from pipeline.jobs import Keys, status_for
+from pipeline.provenance import verify
+from pipeline.settings import Settings
+from pipeline.storage import open_storage, staged_path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif"}
+COUNTS = ("done", "skipped", "blocked", "rejected", "failed", "running", "queued")
+
+
+@dataclass
+class Row:
+    input: str
+    output: str
+    status: str = "queued"  # queued, running, done, skipped, blocked, rejected, failed
+    reason: str | None = None
+    code: str | None = None
+    job_id: str | None = None
+    seconds: float | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def read_inputs(spec: Path) -> list[Path]:
+    """A folder (its images, sorted), a .txt (one path per line) or a .csv (column 'path' or the first)."""
+    if spec.is_dir():
+        return sorted(p for p in spec.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not spec.is_file():
+        raise ConfigError(f"batch input {spec} is neither a folder nor a list file", code="bad_batch_input")
+    base = spec.parent
+    if spec.suffix.lower() == ".csv":
+        with spec.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        if not rows:
+            return []
+        column = rows[0].index("path") if "path" in rows[0] else 0
+        body = rows[1:] if "path" in rows[0] else rows
+        names = [r[column] for r in body if len(r) > column and r[column].strip()]
+    else:
+        names = [line.strip() for line in spec.read_text(encoding="utf-8").splitlines()]
+        names = [n for n in names if n and not n.startswith("#")]
+    return [(base / n) if not Path(n).is_absolute() else Path(n) for n in names]
+
+
+def output_names(inputs: list[Path], out_dir: Path) -> list[Path]:
+    """One MP4 path per input; inputs with the same file name get a short hash of their path."""
+    stems: dict[str, int] = {}
+    for p in inputs:
+        stems[p.stem] = stems.get(p.stem, 0) + 1
+    outs = []
+    for p in inputs:
+        stem = p.stem if stems[p.stem] == 1 else f"{p.stem}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
+        outs.append(out_dir / f"{stem}.mp4")
+    return outs
+
+
+def already_done(video: Path, trust: bytes | None) -> bool:
+    if not (video.is_file() and video.with_suffix(".json").is_file()):
+        return False
+    return verify(video, trust).state in ("Valid", "Trusted")
+
+
+def _trust(settings: Settings) -> bytes | None:
+    if settings.label.trust_anchors:
+        return Path(settings.label.trust_anchors).read_bytes()
+    root = settings.dev_credentials_dir / "root.pem"
+    return root.read_bytes() if root.is_file() else None
+
+
+class Batch:
+    def __init__(self, inputs: list[Path], out_dir: Path, settings: Settings, options: GenerationOptions, *,
+                 engine: str | None = None, prompt: str | None = None,
+                 on_update: Callable[[list[Row]], None] | None = None):
+        self.settings, self.options, self.engine, self.prompt = settings, options, engine, prompt
+        self.out_dir = out_dir
+        self.on_update = on_update or (lambda rows: None)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.rows = [Row(input=str(i), output=str(o)) for i, o in zip(inputs, output_names(inputs, out_dir))]
+
+    def counts(self) -> dict[str, int]:
+        c = {k: 0 for k in COUNTS}
+        for r in self.rows:
+            c[r.status] = c.get(r.status, 0) + 1
+        return c
+
+    def _skip_finished(self) -> list[Row]:
+        trust = _trust(self.settings)
+        todo = []
+        for row in self.rows:
+            if already_done(Path(row.output), trust):
+                row.status, row.reason = "skipped", "output exists and verifies"
+            else:
+                todo.append(row)
+        return todo
+
+    # -- in-process ---------------------------------------------------------------------------------
+    def run_local(self) -> list[Row]:
+        from pipeline.run import animate
+
+        settings = self.settings
+        if self.engine:
+            settings = settings.model_copy(update={"engine": settings.engine.model_copy(update={"name": self.engine})})
+        for row in self._skip_finished():
+            row.status = "running"
+            self.on_update(self.rows)
+            started = time.perf_counter()
+            try:
+                result = animate(Path(row.input), Path(row.output), settings, self.options, prompt=self.prompt)
+            except AliveError as exc:
+                row.status = status_for(exc)
+                row.reason, row.code = exc.message, exc.code
+            else:
+                row.status, row.job_id = "done", result.job_id
+                row.timings_s = result.report["timings_s"]
+            row.seconds = round(time.perf_counter() - started, 3)
+            self.on_update(self.rows)
+        return self.rows
+
+    # -- through the broker -------------------------------------------------------------------------
+    def run_queued(self, timeout: float | None = None) -> list[Row]:
+        from workers.client import submit, wait
+
+        submitted: dict[str, Row] = {}
+        for row in self._skip_finished():
+            try:
+                row.job_id = submit(Path(row.input), self.settings, self.options, prompt=self.prompt,
+                                    engine=self.engine, label=Path(row.input).name)
+                submitted[row.job_id] = row
+            except AliveError as exc:
+                row.status, row.reason, row.code = status_for(exc), exc.message, exc.code
+        started = time.perf_counter()
+        storage = open_storage(self.settings)
+
+        def update(records) -> None:
+            for job_id, record in records.items():
+                row = submitted[job_id]
+                if row.status in ("done", "blocked", "rejected", "failed"):
+                    continue
+                if record.status == "succeeded":
+                    self._deliver(storage, job_id, Path(row.output))
+                    row.status, row.timings_s = "done", record.timings_s
+                    row.seconds = round(time.perf_counter() - started, 3)
+                elif record.finished:
+                    row.status = record.status
+                    row.reason = (record.error or {}).get("message")
+                    row.code = (record.error or {}).get("code")
+                    row.seconds = round(time.perf_counter() - started, 3)
+                else:
+                    row.status = "running" if record.status == "running" else "queued"
+            self.on_update(self.rows)
+
+        if submitted:
+            wait(list(submitted), self.settings, timeout=timeout, on_change=update)
+        for row in submitted.values():
+            if row.status in ("queued", "running"):
+                row.status, row.reason, row.code = "failed", "not finished before the batch timeout", "timeout"
+        return self.rows
+
+    def _deliver(self, storage, job_id: str, video: Path) -> None:
+        """Copy the job's video, poster and report next to each other in the output folder."""
+        keys = Keys(job_id)
+        for key, target in ((keys.poster, video.with_suffix(".jpg")), (keys.report, video.with_suffix(".json")),
+                            (keys.video, video)):  # the video last: its presence means "complete"
+            with staged_path(target) as tmp:
+                shutil.copyfile(storage.local_path(key), tmp)
+
+    def write_summary(self, path: Path) -> Path:
+        lines = "".join(json.dumps(asdict(r)) + "\n" for r in self.rows)
+        with staged_path(path) as tmp:
+            tmp.write_text(lines, encoding="utf-8")
+        return path
