@@ -75,9 +75,29 @@ def celery_config(settings: Settings) -> dict:
 
 def configure(app: Celery, settings: Settings) -> Celery:
     """Apply settings to the app (before a worker starts or a job is sent)."""
-    app.conf.update(celery_config(settings))
+    config = celery_config(settings)
+    moved = app.conf.get("broker_url") != config["broker_url"] or \
+        app.conf.get("result_backend") != config["result_backend"]
+    app.conf.update(config)
     app.conf.alive_settings = settings
+    if moved:
+        _drop_connections(app)
     return app
+
+
+def _drop_connections(app: Celery) -> None:
+    """Forget connections to a previous broker/backend (one process switching brokers, e.g. tests).
+
+    Celery caches the producer pool and the result backend on first use and has no public way to
+    re-point them; these are the attributes its own after-fork hook resets.
+    """
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    if "amqp" in app.__dict__:
+        app.__dict__["amqp"]._producer_pool = None
+    app._backend_cache = None
+    app._local.__dict__.pop("backend", None)
 
 
 def current_settings() -> Settings:
