@@ -22,7 +22,6 @@ from typing import Any, Iterator
 
 import numpy as np
 from celery import Task, chain
-from celery.backends.base import DisabledBackend
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
@@ -61,12 +60,6 @@ class StageTask(Task):
 
     acks_late = True
     reject_on_worker_lost = True
-
-    def update_state(self, *args: Any, **kwargs: Any) -> None:
-        """PROGRESS in the result backend, when there is one (RabbitMQ without a backend has none;
-        the job record carries the same progress)."""
-        if not isinstance(self.backend, DisabledBackend):
-            super().update_state(*args, **kwargs)
 
     def run_stage(self, job_id: str, stage: str, work) -> str:
         ctx = Context()
