@@ -322,14 +322,15 @@ def submit(
     fps: Optional[int] = typer.Option(None, "--fps"),
     motion: Optional[int] = typer.Option(None, "--motion"),
     prompt: Optional[str] = typer.Option(None, "--prompt"),
-    wait_: bool = typer.Option(False, "--wait", help="Wait for the job and print where its files are."),
+    wait_: bool = typer.Option(False, "--wait", help="Wait for the job and print where its files are "
+                               "(starting local workers for it when none answer)."),
     timeout: float = typer.Option(3600.0, "--timeout", help="With --wait: give up after this many seconds."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
 ) -> None:
     """Queue one photo on the broker and print its job id (see `alive status JOB_ID`)."""
 
     def work() -> int:
-        from workers.client import connect, submit as send, wait
+        from workers.client import connect, local_workers_if_needed, submit as send, wait
 
         settings = _settings(config)
         connect(settings)
@@ -339,7 +340,8 @@ def submit(
         out.print(job_id)
         if not wait_:
             return 0
-        record = wait([job_id], settings, timeout=timeout)[job_id]
+        with local_workers_if_needed(settings, config, notify=err.print):
+            record = wait([job_id], settings, timeout=timeout)[job_id]
         _print_status(record)
         return _exit_for(record)
 
@@ -431,20 +433,10 @@ def batch(
             if local:
                 job.run_local()
             else:
-                from workers.app import uses_embedded_broker
-                from workers.client import WorkerProcesses, connect, workers_answering
+                from workers.client import local_workers_if_needed
 
-                connect(settings)
-                spawned = None
-                if spawn_workers and not workers_answering(settings):
-                    if not uses_embedded_broker(settings):
-                        err.print("no worker answers on the configured broker: starting local workers")
-                    spawned = WorkerProcesses(settings, config).start()
-                try:
+                with local_workers_if_needed(settings, config, spawn=spawn_workers, notify=err.print):
                     job.run_queued(timeout=timeout)
-                finally:
-                    if spawned:
-                        spawned.stop()
         summary = job.write_summary(out_dir / "summary.jsonl")
         counts = job.counts()
         out.print(" ".join(f"{k} {v}" for k, v in counts.items() if v) + f"  (summary: {summary})")

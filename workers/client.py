@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from pipeline.engines import GenerationOptions
 from pipeline.errors import InputRejected, TransientError
@@ -158,3 +159,20 @@ class WorkerProcesses:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def local_workers_if_needed(settings: Settings, config: Path | None = None, *, spawn: bool = True,
+                            notify: Callable[[str], None] | None = None) -> Iterator[WorkerProcesses | None]:
+    """Connect; when ``spawn`` and no worker answers, run a gpu + cpu worker for the block's duration."""
+    connect(settings)
+    spawned = None
+    if spawn and not workers_answering(settings):
+        if notify:
+            notify("no worker answers on this broker: starting a gpu-queue and a cpu-queue worker for this command")
+        spawned = WorkerProcesses(settings, config).start()
+    try:
+        yield spawned
+    finally:
+        if spawned is not None:
+            spawned.stop()
