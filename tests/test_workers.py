@@ -106,3 +106,14 @@ def test_submit_to_a_dead_broker_fails_cleanly_and_leaves_nothing(tmp_path, data
         assert not jobs_dir.exists() or not any(jobs_dir.iterdir())
     finally:
         env.close()
+
+
+def test_importing_the_tasks_loads_no_model_and_no_cuda():
+    """The prefork parent must never touch CUDA (children could not re-initialise it) nor load weights."""
+    import subprocess
+    import sys
+
+    code = ("import sys, workers.tasks, pipeline.cli; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

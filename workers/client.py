@@ -118,10 +118,12 @@ def workers_answering(settings: Settings, timeout: float = 1.0) -> list[str]:
 class WorkerProcesses:
     """Worker subprocesses started for one command (the embedded, one-command setup), then stopped."""
 
-    def __init__(self, settings: Settings, config: Path | None = None, *, concurrency_cpu: int = 1):
+    def __init__(self, settings: Settings, config: Path | None = None, *, concurrency_cpu: int = 1,
+                 pool: str = "prefork"):
         self.settings = settings
         self.config = config
         self.concurrency_cpu = concurrency_cpu
+        self.pool = pool
         self.procs: list[subprocess.Popen] = []
 
     def start(self) -> "WorkerProcesses":
@@ -132,7 +134,7 @@ class WorkerProcesses:
 
     def _spawn(self, queue: str, concurrency: int) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "pipeline.cli", "worker", "--queues", queue, "--concurrency", str(concurrency),
-               "--name", f"alive-{queue}-{os.getpid()}@%h"]
+               "--pool", self.pool, "--name", f"alive-{queue}-{os.getpid()}@%h"]
         if self.config:
             cmd += ["--config", str(self.config)]
         env = {**os.environ, "ALIVE_DATA_DIR": str(self.settings.data_dir)}
