@@ -24,7 +24,7 @@ from pipeline.storage import publish, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-STAGES = ("intake", "moderate_input", "generate", "moderate_video", "encode", "label")
+STAGES = ("intake", "moderate_image", "generate", "moderate_video", "encode", "label")
 
 StageProgress = Callable[[str, int, int], None]
 """Called with (stage, done, total); total is 1 for stages without inner steps."""
@@ -100,7 +100,7 @@ def animate(
         taken, changes = stages.intake(source, settings)
     record.input, record.changes = taken.facts, changes
 
-    with timer.stage("moderate_input"):
+    with timer.stage("moderate_image"):  # the prompt and the photo, as in alive.moderate_image
         stages.moderate_input(taken.image, prompt, settings, record.moderation)
 
     with timer.stage("generate"):
