@@ -450,11 +450,10 @@ def cleanup(config: Optional[Path] = typer.Option(None, "--config", "-c", help="
     """Delete finished jobs older than storage.retention_hours from the job store."""
 
     def work() -> int:
-        from pipeline.jobs import JobStore, cleanup as remove_expired
-        from pipeline.storage import open_storage
+        from pipeline.jobs import cleanup as remove_expired, open_job_store
 
         settings = _settings(config)
-        removed = remove_expired(JobStore(open_storage(settings)), settings.storage.retention_hours)
+        removed = remove_expired(open_job_store(settings), settings.storage.retention_hours)
         out.print(f"removed {len(removed)} expired job(s)")
         return 0
 

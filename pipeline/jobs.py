@@ -112,29 +112,50 @@ class JobRecord:
 
 
 class JobStore:
-    """Reads and updates job records in a Storage; updates of one job are serialised with a lock."""
+    """Reads and updates job records; updates of one job are serialised, so none is lost.
+
+    Subclasses say where records live (``_read``, ``_write``, ``_locked``, ``list_ids``,
+    ``delete_record``); the job's files always live in ``storage``.
+    """
 
     def __init__(self, storage: Storage):
         self.storage = storage
 
+    # -- what a backend provides ------------------------------------------------------------------
+    def _read(self, job_id: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def _write(self, record: JobRecord) -> None:
+        raise NotImplementedError
+
+    def _locked(self, job_id: str) -> contextlib.AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def list_ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def delete_record(self, job_id: str) -> None:
+        raise NotImplementedError
+
+    # -- shared behaviour -------------------------------------------------------------------------
     def create(self, record: JobRecord) -> JobRecord:
         self.save(record)
         return record
 
     def exists(self, job_id: str) -> bool:
-        return self.storage.exists(Keys(job_id).record)
+        return self._read(job_id) is not None
 
     def load(self, job_id: str) -> JobRecord:
         from pipeline.errors import ConfigError
 
-        key = Keys(job_id).record
-        if not self.storage.exists(key):
-            raise ConfigError(f"no job {job_id} in {getattr(self.storage, 'root', 'the store')}", code="no_such_job")
-        return JobRecord.from_dict(json.loads(self.storage.get_bytes(key)))
+        data = self._read(job_id)
+        if data is None:
+            raise ConfigError(f"no job {job_id}", code="no_such_job")
+        return JobRecord.from_dict(data)
 
     def save(self, record: JobRecord) -> None:
         record.updated_at = now()
-        self.storage.put_bytes(Keys(record.job_id).record, json.dumps(record.to_dict(), indent=2, default=str).encode())
+        self._write(record)
 
     def update(self, job_id: str, **changes: Any) -> JobRecord:
         """Re-read, change and save one record under the job's lock (no lost updates between tasks)."""
@@ -151,11 +172,37 @@ class JobStore:
             self.save(record)
             return record
 
+    def delete_transient(self, job_id: str) -> None:
+        """Delete the source photo and every intermediate file of a job."""
+        for key in Keys(job_id).transient:
+            self.storage.delete(key)
+
+    def delete_job(self, job_id: str) -> int:
+        """Delete every file and the record of a job; returns the number of files removed."""
+        removed = self.storage.delete_prefix(Keys(job_id).prefix)
+        self.delete_record(job_id)
+        return removed
+
+
+class FileJobStore(JobStore):
+    """Records as ``jobs/<id>/job.json`` in a local store, locked with flock: no database needed."""
+
+    storage: LocalStorage
+
+    def __init__(self, storage: Storage):
+        if not isinstance(storage, LocalStorage):
+            raise TypeError("FileJobStore needs a LocalStorage; use the database job store with object storage")
+        super().__init__(storage)
+
+    def _read(self, job_id: str) -> dict[str, Any] | None:
+        key = Keys(job_id).record
+        return json.loads(self.storage.get_bytes(key)) if self.storage.exists(key) else None
+
+    def _write(self, record: JobRecord) -> None:
+        self.storage.put_bytes(Keys(record.job_id).record, json.dumps(record.to_dict(), indent=2, default=str).encode())
+
     @contextlib.contextmanager
     def _locked(self, job_id: str) -> Iterator[None]:
-        if not isinstance(self.storage, LocalStorage):  # an object store brings its own concurrency control
-            yield
-            return
         lock = self.storage.path(Keys(job_id).prefix) / ".lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "a") as fh:
@@ -165,16 +212,24 @@ class JobStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def delete_transient(self, job_id: str) -> None:
-        """Delete the source photo and every intermediate file of a job."""
-        for key in Keys(job_id).transient:
-            self.storage.delete(key)
-
     def list_ids(self) -> list[str]:
-        if not isinstance(self.storage, LocalStorage):
-            raise NotImplementedError("listing jobs needs the local store")
         folder = self.storage.root / "jobs"
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def delete_record(self, job_id: str) -> None:
+        self.storage.delete(Keys(job_id).record)
+
+
+def open_job_store(settings) -> JobStore:
+    """The job store configured in settings: JSON files in the store, or the database."""
+    from pipeline.storage import open_storage
+
+    storage = open_storage(settings)
+    if settings.jobs.store == "database":
+        from service.db import SqlJobStore
+
+        return SqlJobStore(storage, settings)
+    return FileJobStore(storage)
 
 
 def cleanup(store: JobStore, retention_hours: float, now_: dt.datetime | None = None) -> list[str]:
@@ -191,6 +246,6 @@ def cleanup(store: JobStore, retention_hours: float, now_: dt.datetime | None = 
         else:
             if not record.finished or dt.datetime.fromisoformat(record.updated_at) > limit:
                 continue
-        store.storage.delete_prefix(Keys(job_id).prefix)
+        store.delete_job(job_id)
         removed.append(job_id)
     return removed

@@ -133,6 +133,13 @@ class WorkerSettings(_Section):
         return self
 
 
+class JobsSettings(_Section):
+    store: Literal["files", "database"] = Field(
+        "files", description="job records as JSON files in the store, or rows in the database"
+    )
+    database_url: str | None = Field(None, description="SQLAlchemy URL; None = SQLite file <data_dir>/alive.db")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ALIVE_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
@@ -147,6 +154,7 @@ class Settings(BaseSettings):
     label: LabelSettings = LabelSettings()
     storage: StorageSettings = StorageSettings()
     worker: WorkerSettings = WorkerSettings()
+    jobs: JobsSettings = JobsSettings()
 
     @classmethod
     def settings_customise_sources(

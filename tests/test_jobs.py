@@ -4,14 +4,14 @@ import threading
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.jobs import JobRecord, JobStore, Keys, cleanup, status_for
+from pipeline.jobs import FileJobStore, JobRecord, Keys, cleanup, status_for
 from pipeline.errors import EncodeFailed, InputRejected, ModerationBlocked
 from pipeline.storage import LocalStorage
 
 
 @pytest.fixture
 def store(tmp_path):
-    return JobStore(LocalStorage(tmp_path / "store"))
+    return FileJobStore(LocalStorage(tmp_path / "store"))
 
 
 def test_keys_refuse_path_tricks():

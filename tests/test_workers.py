@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.engines import GenerationOptions
 from pipeline.errors import TransientError
-from pipeline.jobs import JobStore, Keys
+from pipeline.jobs import Keys, open_job_store
 from pipeline.provenance import verify
 from pipeline.storage import open_storage
 from tests.worker_fixtures import WorkerEnv
@@ -29,7 +29,7 @@ def cluster(tmp_path, data_dir):
 
 def _store(env):
     storage = open_storage(env.settings)
-    return storage, JobStore(storage)
+    return storage, open_job_store(env.settings)
 
 
 def test_chain_runs_on_separate_gpu_and_cpu_workers(cluster, sample_photo):

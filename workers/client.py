@@ -14,9 +14,8 @@ from typing import Callable, Iterable, Iterator
 
 from pipeline.engines import GenerationOptions
 from pipeline.errors import InputRejected, TransientError
-from pipeline.jobs import JobRecord, JobStore, Keys, new_job_id
+from pipeline.jobs import JobRecord, Keys, new_job_id, open_job_store
 from pipeline.settings import Settings
-from pipeline.storage import open_storage
 from workers.app import app, broker_url, configure, ensure_broker
 
 log = logging.getLogger(__name__)
@@ -58,8 +57,8 @@ def submit(source: bytes | str | Path, settings: Settings, options: GenerationOp
 
     data = read_source(source, settings)
     job_id = job_id or new_job_id()
-    storage = open_storage(settings)
-    jobs = JobStore(storage)
+    jobs = open_job_store(settings)
+    storage = jobs.storage
     keys = Keys(job_id)
     storage.put_bytes(keys.source, data)
     jobs.create(JobRecord(job_id=job_id, options=(options or GenerationOptions()).model_dump(), prompt=prompt,
@@ -68,7 +67,7 @@ def submit(source: bytes | str | Path, settings: Settings, options: GenerationOp
         job_chain(job_id).apply_async(retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2,
                                                                  "interval_step": 0.5, "interval_max": 2})
     except Exception as exc:  # noqa: BLE001 - kombu raises many connection error types
-        storage.delete_prefix(keys.prefix)
+        jobs.delete_job(job_id)
         raise TransientError(f"the broker at {_redact(broker_url(settings))} did not accept the job: {exc}. "
                              "Nothing was queued; check that the broker is running and try again.",
                              code="broker_unavailable") from exc
@@ -86,13 +85,13 @@ def _redact(url: str) -> str:
 
 
 def status(job_id: str, settings: Settings) -> JobRecord:
-    return JobStore(open_storage(settings)).load(job_id)
+    return open_job_store(settings).load(job_id)
 
 
 def wait(job_ids: Iterable[str], settings: Settings, *, timeout: float | None = None, poll: float = 0.5,
          on_change: Callable[[dict[str, JobRecord]], None] | None = None) -> dict[str, JobRecord]:
     """Poll job records until every job is finished (or ``timeout``); returns the last records."""
-    jobs = JobStore(open_storage(settings))
+    jobs = open_job_store(settings)
     pending = list(job_ids)
     records: dict[str, JobRecord] = {}
     deadline = None if timeout is None else time.monotonic() + timeout

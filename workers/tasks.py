@@ -28,8 +28,8 @@ from PIL import Image
 from pipeline import stages
 from pipeline.engines import GenerationOptions
 from pipeline.errors import AliveError, GenerationFailed, InputRejected, ModerationBlocked, TransientError
-from pipeline.jobs import JobStore, Keys, cleanup, status_for
-from pipeline.storage import LocalStorage, Storage, open_storage, write_json_atomic
+from pipeline.jobs import Keys, cleanup, open_job_store, status_for
+from pipeline.storage import LocalStorage, Storage, write_json_atomic
 from workers.app import app, current_settings
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ class Context:
 
     def __init__(self) -> None:
         self.settings = current_settings()
-        self.storage: Storage = open_storage(self.settings)
-        self.jobs = JobStore(self.storage)
+        self.jobs = open_job_store(self.settings)
+        self.storage: Storage = self.jobs.storage
 
     @contextmanager
     def scratch(self) -> Iterator[Path]:
