@@ -460,6 +460,39 @@ def cleanup(config: Optional[Path] = typer.Option(None, "--config", "-c", help="
     _guard(work)
 
 
+@app.command(epilog=EXIT_CODES_HELP)
+def serve(
+    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on [api.host: 127.0.0.1]."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port [api.port: 8000]."),
+    spawn_workers: bool = typer.Option(True, "--spawn-workers/--no-spawn-workers",
+                                       help="Start a gpu-queue and a cpu-queue worker when none answer."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
+) -> None:
+    """Run the HTTP API (+ the page at /) with the embedded broker, workers and SQLite; prints a demo key."""
+
+    def work() -> int:
+        import uvicorn
+
+        from service import db
+        from service.api import create_app
+        from workers.client import local_workers_if_needed
+
+        settings = _settings(config, jobs={"store": "database"})
+        url = db.database_url(settings)
+        db.migrate(url)
+        _, demo_key = db.create_api_key(url, "demo (alive serve)")
+        listen_host, listen_port = host or settings.api.host, port or settings.api.port
+        with local_workers_if_needed(settings, config, spawn=spawn_workers, notify=err.print,
+                                     env={"ALIVE_JOBS__STORE": "database"}):
+            out.print(f"alive API on http://{listen_host}:{listen_port}/  (OpenAPI: /docs)")
+            out.print(f"demo API key: {demo_key}")
+            out.print(f"try it:  http://{listen_host}:{listen_port}/?key={demo_key}")
+            uvicorn.run(create_app(settings), host=listen_host, port=listen_port, log_level="info")
+        return 0
+
+    _guard(work)
+
+
 broker_app = typer.Typer(help="The embedded Redis broker (used when no broker URL is configured).",
                          no_args_is_help=True)
 app.add_typer(broker_app, name="broker")

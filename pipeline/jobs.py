@@ -97,6 +97,7 @@ class JobRecord:
     error: dict[str, Any] | None = None
     source_retained: bool = True
     label: str | None = None  # the caller's name for the item (batch: the input's file name)
+    callback_url: str | None = None  # webhook called when the job ends (HTTP API)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

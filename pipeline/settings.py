@@ -140,6 +140,20 @@ class JobsSettings(_Section):
     database_url: str | None = Field(None, description="SQLAlchemy URL; None = SQLite file <data_dir>/alive.db")
 
 
+class ApiSettings(_Section):
+    host: str = Field("127.0.0.1", description="address `alive serve` listens on")
+    port: int = Field(8000, ge=1, le=65535)
+    public_url: str | None = Field(None, description="base URL used in links; None = taken from each request")
+    rate_limit_per_minute: int = Field(60, ge=1, description="requests per API key per minute (default per key)")
+    max_concurrent_jobs: int = Field(4, ge=1, description="queued + running jobs per API key (default per key)")
+    share_ttl_hours: float = Field(72.0, gt=0, description="default lifetime of a share link")
+    share_ttl_max_hours: float = Field(720.0, gt=0, description="longest lifetime a client may ask for")
+    reports_to_hide: int = Field(3, ge=1, description="abuse reports that hide a video's share links")
+    cors_origins: list[str] = Field([], description="origins allowed to call the API from a browser")
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_max_attempts: int = Field(6, ge=1, le=20, description="deliveries tried, with exponential backoff")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ALIVE_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
@@ -155,6 +169,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     worker: WorkerSettings = WorkerSettings()
     jobs: JobsSettings = JobsSettings()
+    api: ApiSettings = ApiSettings()
 
     @classmethod
     def settings_customise_sources(

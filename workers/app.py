@@ -13,7 +13,7 @@ from celery import Celery
 from pipeline.settings import Settings, load_settings
 from workers.broker import embedded_broker
 
-TASK_MODULES = ["workers.tasks"]
+TASK_MODULES = ["workers.tasks", "service.webhooks"]
 
 
 def broker_url(settings: Settings) -> str:

@@ -47,11 +47,14 @@ def read_source(source: bytes | str | Path, settings: Settings) -> bytes:
 
 def submit(source: bytes | str | Path, settings: Settings, options: GenerationOptions | None = None, *,
            prompt: str | None = None, engine: str | None = None, label: str | None = None,
-           job_id: str | None = None) -> str:
+           job_id: str | None = None, callback_url: str | None = None,
+           on_created: Callable[[str], None] | None = None) -> str:
     """Store the upload, create the job record and send the chain. Returns the job id.
 
-    If the broker cannot take the job, the record and the upload are removed again and
-    ``TransientError`` says so: a job is either queued or not there at all.
+    ``on_created(job_id)`` runs after the record exists and before the chain is sent (the API
+    attaches its key and idempotency key there); if it raises, the job is removed again. If the
+    broker cannot take the job, the record and the upload are removed and ``TransientError`` says
+    so: a job is either queued or not there at all.
     """
     from workers.tasks import job_chain
 
@@ -62,7 +65,13 @@ def submit(source: bytes | str | Path, settings: Settings, options: GenerationOp
     keys = Keys(job_id)
     storage.put_bytes(keys.source, data)
     jobs.create(JobRecord(job_id=job_id, options=(options or GenerationOptions()).model_dump(), prompt=prompt,
-                          engine_name=engine, label=label))
+                          engine_name=engine, label=label, callback_url=callback_url))
+    if on_created is not None:
+        try:
+            on_created(job_id)
+        except BaseException:
+            jobs.delete_job(job_id)
+            raise
     try:
         job_chain(job_id).apply_async(retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2,
                                                                  "interval_step": 0.5, "interval_max": 2})
@@ -118,8 +127,9 @@ class WorkerProcesses:
     """Worker subprocesses started for one command (the embedded, one-command setup), then stopped."""
 
     def __init__(self, settings: Settings, config: Path | None = None, *, concurrency_cpu: int = 1,
-                 pool: str = "prefork"):
+                 pool: str = "prefork", env: dict[str, str] | None = None):
         self.settings = settings
+        self.extra_env = env or {}
         self.config = config
         self.concurrency_cpu = concurrency_cpu
         self.pool = pool
@@ -136,7 +146,7 @@ class WorkerProcesses:
                "--pool", self.pool, "--name", f"alive-{queue}-{os.getpid()}@%h"]
         if self.config:
             cmd += ["--config", str(self.config)]
-        env = {**os.environ, "ALIVE_DATA_DIR": str(self.settings.data_dir)}
+        env = {**os.environ, "ALIVE_DATA_DIR": str(self.settings.data_dir), **self.extra_env}
         log_path = self.settings.data_dir / "logs" / f"worker-{queue}-{os.getpid()}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as logfile:
@@ -164,16 +174,29 @@ class WorkerProcesses:
 
 @contextlib.contextmanager
 def local_workers_if_needed(settings: Settings, config: Path | None = None, *, spawn: bool = True,
-                            notify: Callable[[str], None] | None = None) -> Iterator[WorkerProcesses | None]:
+                            notify: Callable[[str], None] | None = None,
+                            env: dict[str, str] | None = None) -> Iterator[WorkerProcesses | None]:
     """Connect; when ``spawn`` and no worker answers, run a gpu + cpu worker for the block's duration."""
     connect(settings)
     spawned = None
     if spawn and not workers_answering(settings):
         if notify:
             notify("no worker answers on this broker: starting a gpu-queue and a cpu-queue worker for this command")
-        spawned = WorkerProcesses(settings, config).start()
+        spawned = WorkerProcesses(settings, config, env=env).start()
     try:
         yield spawned
     finally:
         if spawned is not None:
             spawned.stop()
+
+
+def broker_reachable(settings: Settings, timeout: float = 2.0) -> bool:
+    """True when the broker accepts a connection (for readiness checks); never raises."""
+    from kombu import Connection
+
+    try:
+        with Connection(broker_url(settings), connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        return False

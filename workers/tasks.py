@@ -235,8 +235,15 @@ def finalize(self, job_id: str) -> str:
     record.timings_s["total"] = round(sum(v for k, v in record.timings_s.items() if k != "total"), 4)
     ctx.jobs.save(record)
     write_json_atomic(ctx.storage.local_path(keys.report), record.to_dict())
+    _notify(record)
     log.info("job %s succeeded", job_id)
     return job_id
+
+
+def _notify(record) -> None:
+    """Queue the webhook of a finished job, when it has one (sent by name: service/webhooks.py)."""
+    if record.callback_url:
+        app.send_task("alive.webhook", args=[record.job_id])
 
 
 @app.task(name="alive.fail")
@@ -246,7 +253,8 @@ def fail(request, exc, traceback, job_id: str) -> None:
     status, error = classify_failure(exc)
     try:
         record = ctx.jobs.load(job_id)
-    except AliveError:
+    except AliveError:  # the job was deleted while it ran: remove whatever its tasks wrote since
+        ctx.storage.delete_prefix(Keys(job_id).prefix)
         return
     if record.finished:
         return
@@ -257,6 +265,7 @@ def fail(request, exc, traceback, job_id: str) -> None:
     ctx.jobs.delete_transient(job_id)
     record = ctx.jobs.update(job_id, **changes)
     write_json_atomic(ctx.storage.local_path(Keys(job_id).report), record.to_dict())
+    _notify(record)
     log.warning("job %s %s: %s", job_id, status, error["message"])
 
 
