@@ -60,6 +60,7 @@ class Keys:
             "video": "story.mp4",
             "poster": "poster.jpg",
             "report": "report.json",
+            "scratch": ".scratch",  # temp folders of running tasks
         }
         if name not in files:
             raise AttributeError(name)
@@ -174,9 +175,11 @@ class JobStore:
             return record
 
     def delete_transient(self, job_id: str) -> None:
-        """Delete the source photo and every intermediate file of a job."""
-        for key in Keys(job_id).transient:
+        """Delete the source photo and every intermediate file of a job (killed tasks' leftovers too)."""
+        keys = Keys(job_id)
+        for key in keys.transient:
             self.storage.delete(key)
+        self.storage.delete_prefix(keys.scratch)
 
     def delete_job(self, job_id: str) -> int:
         """Delete every file and the record of a job; returns the number of files removed."""

@@ -110,10 +110,10 @@ class WorkerSettings(_Section):
     result_backend: str | None = Field(None, description="None = the broker URL when it is Redis")
     cpu_queue: str = "cpu"
     gpu_queue: str = "gpu"
-    visibility_timeout_s: int = Field(7200, ge=60, description="Redis: unacked tasks are redelivered after this")
+    visibility_timeout_s: int = Field(900, ge=60, description="Redis: a dead worker's task is redelivered after this")
     unacked_restore_interval_s: float = Field(2.0, gt=0, description="Redis: how often lost tasks are looked for")
-    generate_soft_time_limit_s: int = Field(1800, ge=1, description="alive.generate: SoftTimeLimitExceeded after")
-    generate_time_limit_s: int = Field(2100, ge=1, description="alive.generate: the child is killed after")
+    generate_soft_time_limit_s: int = Field(600, ge=1, description="alive.generate: SoftTimeLimitExceeded after")
+    generate_time_limit_s: int = Field(720, ge=1, description="alive.generate: the child is killed after")
     cpu_soft_time_limit_s: int = Field(300, ge=1, description="every other task: soft limit")
     cpu_time_limit_s: int = Field(420, ge=1, description="every other task: hard limit")
     max_retries: int = Field(3, ge=0, le=20, description="retries of a TransientError before the job fails")

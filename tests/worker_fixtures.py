@@ -39,11 +39,10 @@ class WorkerEnv:
             self.env["ALIVE_WORKER__BROKER_URL"] = broker_url
         for key, value in overrides.items():
             self.env[key] = str(value)
-        self.settings = load_settings(
-            data_dir=data_dir, encode={"preset": "veryfast"},
-            worker={"broker_url": broker_url, "unacked_restore_interval_s": 1},
-            **_nested(overrides),
-        )
+        sections = {"encode": {"preset": "veryfast"}, "worker": {"broker_url": broker_url, "unacked_restore_interval_s": 1}}
+        for section, values in _nested(overrides).items():
+            sections.setdefault(section, {}).update(values)
+        self.settings = load_settings(data_dir=data_dir, **sections)
         self.broker = None if broker_url else embedded_broker(data_dir).start()
         self.workers: list[subprocess.Popen] = []
 

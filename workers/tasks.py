@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 from celery import Task, chain
+from celery.exceptions import Ignore
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
@@ -46,12 +47,13 @@ class Context:
         self.storage: Storage = self.jobs.storage
 
     @contextmanager
-    def scratch(self) -> Iterator[Path]:
-        """A private temp folder on the store's file system (so finished files move by rename)."""
-        base = self.storage.root / ".tmp" if isinstance(self.storage, LocalStorage) else None
+    def scratch(self, job_id: str) -> Iterator[Path]:
+        """A private temp folder inside the job's own folder: finished files move by rename, and
+        whatever a killed task leaves there goes with the job's transient files."""
+        base = self.storage.local_path(Keys(job_id).scratch) if isinstance(self.storage, LocalStorage) else None
         if base is not None:
             base.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="alive-", dir=base) as folder:
+        with tempfile.TemporaryDirectory(prefix="task-", dir=base) as folder:
             yield Path(folder)
 
 
@@ -63,6 +65,9 @@ class StageTask(Task):
 
     def run_stage(self, job_id: str, stage: str, work) -> str:
         ctx = Context()
+        if ctx.jobs.load(job_id).finished:  # a late duplicate of a job that already ended: touch nothing
+            log.info("job %s already finished: %s delivered again, ignored", job_id, stage)
+            raise Ignore()
         ctx.jobs.update(job_id, status="running", stage=stage, progress={"done": 0, "total": 0})
         self.update_state(state="PROGRESS", meta={"job_id": job_id, "stage": stage, "done": 0, "total": 0})
         started = time.perf_counter()
@@ -158,7 +163,7 @@ def generate(self, job_id: str) -> str:
             if exc.code == "out_of_memory" and options.decode_chunk_size > 1:  # retry lighter
                 ctx.jobs.update(job_id, options={"decode_chunk_size": max(1, options.decode_chunk_size // 2)})
             raise
-        with ctx.scratch() as tmp:
+        with ctx.scratch(job_id) as tmp:
             path = tmp / "frames.npy"
             np.save(path, made.clip.frames)
             ctx.jobs.update(job_id, options=made.options.model_dump(), framing=made.framing, engine=made.engine,
@@ -192,7 +197,7 @@ def encode(self, job_id: str) -> str:
         if ctx.storage.exists(keys.unsigned) and ctx.storage.exists(keys.poster):
             return
         record = ctx.jobs.load(job_id)
-        with ctx.scratch() as tmp:
+        with ctx.scratch(job_id) as tmp:
             encoded = stages.encode(np.asarray(_frames(ctx, job_id)), float(record.options["fps"]),
                                     tmp / "unsigned.mp4", tmp / "poster.jpg", ctx.settings, progress)
             ctx.jobs.update(job_id, outputs=stages.outputs_summary(encoded))
@@ -209,7 +214,7 @@ def label(self, job_id: str) -> str:
         if ctx.storage.exists(keys.video):
             return
         record = ctx.jobs.load(job_id)
-        with ctx.scratch() as tmp:
+        with ctx.scratch(job_id) as tmp:
             summary = stages.label(ctx.storage.local_path(keys.unsigned), tmp / "story.mp4",
                                    ctx.storage.get_bytes(keys.clean), record.software_agent, ctx.settings)
             ctx.jobs.update(job_id, c2pa=summary)
@@ -222,19 +227,18 @@ def label(self, job_id: str) -> str:
 def finalize(self, job_id: str) -> str:
     """Publish the report, delete the photo and intermediates, mark the job succeeded."""
     ctx = Context()
-    record = ctx.jobs.load(job_id)
-    if record.status == "succeeded":
-        return job_id
     keys = Keys(job_id)
+    record = ctx.jobs.load(job_id)
+    if record.finished and ctx.storage.exists(keys.report):
+        raise Ignore()
     ctx.jobs.delete_transient(job_id)
-    record = ctx.jobs.update(
-        job_id, status="succeeded", stage=None, source_retained=False,
-        outputs={"video": ctx.storage.url(keys.video), "poster": ctx.storage.url(keys.poster),
-                 "report": ctx.storage.url(keys.report), "bytes": ctx.storage.local_path(keys.video).stat().st_size},
-    )
+    record.status, record.stage, record.source_retained = "succeeded", None, False
+    record.outputs.update(video=ctx.storage.url(keys.video), poster=ctx.storage.url(keys.poster),
+                          report=ctx.storage.url(keys.report), bytes=ctx.storage.local_path(keys.video).stat().st_size)
     record.timings_s["total"] = round(sum(v for k, v in record.timings_s.items() if k != "total"), 4)
-    ctx.jobs.save(record)
+    # the report first: a record that says "succeeded" always has its report beside it
     write_json_atomic(ctx.storage.local_path(keys.report), record.to_dict())
+    ctx.jobs.save(record)
     _notify(record)
     log.info("job %s succeeded", job_id)
     return job_id
@@ -259,12 +263,12 @@ def fail(request, exc, traceback, job_id: str) -> None:
     if record.finished:
         return
     error["task"] = getattr(request, "task", None)
-    changes: dict[str, Any] = {"status": status, "error": error, "source_retained": False}
+    record.status, record.error, record.source_retained = status, error, False
     if isinstance(exc, ModerationBlocked) and exc.verdict is not None:
-        changes["moderation"] = {exc.verdict.subject: exc.verdict.to_dict()}
+        record.moderation[exc.verdict.subject] = exc.verdict.to_dict()
     ctx.jobs.delete_transient(job_id)
-    record = ctx.jobs.update(job_id, **changes)
-    write_json_atomic(ctx.storage.local_path(Keys(job_id).report), record.to_dict())
+    write_json_atomic(ctx.storage.local_path(Keys(job_id).report), record.to_dict())  # the report first
+    ctx.jobs.save(record)
     _notify(record)
     log.warning("job %s %s: %s", job_id, status, error["message"])
 
@@ -273,7 +277,9 @@ def classify_failure(exc: BaseException) -> tuple[str, dict[str, Any]]:
     """Job status and error document for an exception that ended a chain."""
     status = status_for(exc)
     if isinstance(exc, AliveError):
-        return status, {"code": exc.code, "message": exc.message, "type": type(exc).__name__}
+        # first line only: ffmpeg commands and server paths stay in the worker log, not in the
+        # report a client sees
+        return status, {"code": exc.code, "message": exc.message.splitlines()[0], "type": type(exc).__name__}
     return status, {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
 
 

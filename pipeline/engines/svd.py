@@ -205,7 +205,10 @@ class SvdEngine(Engine):
                 f"lower decode_chunk_size (now {options.decode_chunk_size}) or the frame count and retry",
                 code="out_of_memory",
             ) from exc
-        except RuntimeError as exc:
+        except (RuntimeError, MemoryError) as exc:
+            if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc):  # CPU out of memory
+                raise TransientError(f"out of memory generating {num_frames} frames at {options.width}x"
+                                     f"{options.height}: {str(exc).splitlines()[0]}", code="out_of_memory") from exc
             raise GenerationFailed(f"the SVD pipeline failed: {exc}") from exc
         frames = np.asarray(out.frames[0])
         frames = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
