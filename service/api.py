@@ -227,19 +227,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return render(url, settings)
 
-    @app.post("/v1/animations", status_code=202, tags=["animations"], responses=ERRORS)
+    @app.post("/v1/animations", status_code=202, tags=["animations"],
+              responses={200: {"description": "replay of an earlier request with the same Idempotency-Key"},
+                         **ERRORS})
     def create_animation(
         request: Request,
         response: Response,
         image: UploadFile = File(..., description="JPEG, PNG or WebP photo"),
-        engine: Literal["motion", "svd", "tiny"] | None = Form(None, description="engine preset"),
-        seed: int | None = Form(None, ge=0, le=2**31 - 1),
-        motion: int | None = Form(None, ge=0, le=1023, description="amount of motion"),
-        fps: int | None = Form(None, ge=1, le=60),
-        duration_s: float | None = Form(None, gt=0, le=15, description="clip length in seconds"),
-        prompt: str | None = Form(None, max_length=500),
-        callback_url: str | None = Form(None, max_length=2000, pattern=r"^https?://",
-                                        description="webhook called when the job ends"),
+        # Optional form fields are typed without "| None": a form cannot send null, and the schema
+        # must not claim it can (an omitted field is still None).
+        engine: Literal["motion", "svd", "tiny"] = Form(None, description="engine preset"),
+        seed: int = Form(None, ge=0, le=2**31 - 1),
+        motion: int = Form(None, ge=0, le=1023, description="amount of motion"),
+        fps: int = Form(None, ge=1, le=60),
+        duration_s: float = Form(None, gt=0, le=15, description="clip length in seconds"),
+        prompt: str = Form(None, max_length=500),
+        callback_url: str = Form(None, max_length=2000, pattern=r"^https?://",
+                                 description="webhook called when the job ends"),
         idempotency_key: str | None = Header(None, max_length=128),
         key=Depends(api_key),
     ) -> dict[str, Any]:
