@@ -387,7 +387,9 @@ def test_a_permanent_ffmpeg_failure_fails_the_job_with_its_reason_and_keeps_noth
 
     assert record.status == "failed" and record.stage == "encode"
     assert record.error["code"] == "encode_failed" and record.error["type"] == "EncodeFailed"
-    assert record.error["task"] == "alive.encode" and "no_such_codec" in record.error["message"]
+    # the client sees ffmpeg's reason, not the command line or server paths (those stay in the worker log)
+    assert record.error["task"] == "alive.encode" and "encoder not found" in record.error["message"].lower()
+    assert "ffmpeg -" not in record.error["message"] and str(env.data_dir) not in record.error["message"]
     assert record.source_retained is False
     assert job_files(env, job_id) == ["job.json", "report.json"]  # no video, poster or intermediate
     assert json.loads((env.settings.store_root / Keys(job_id).report).read_text())["error"]["code"] == "encode_failed"

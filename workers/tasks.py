@@ -279,7 +279,11 @@ def classify_failure(exc: BaseException) -> tuple[str, dict[str, Any]]:
     if isinstance(exc, AliveError):
         # first line only: ffmpeg commands and server paths stay in the worker log, not in the
         # report a client sees
-        return status, {"code": exc.code, "message": exc.message.splitlines()[0], "type": type(exc).__name__}
+        message = exc.message.splitlines()[0]
+        tail = [line for line in str(exc.details.get("stderr_tail", "")).splitlines() if line.strip()]
+        if tail:  # ffmpeg's own last word says why (e.g. "Unknown encoder 'x'")
+            message += f": {tail[-1].strip()[:200]}"
+        return status, {"code": exc.code, "message": message, "type": type(exc).__name__}
     return status, {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
 
 
