@@ -6,12 +6,21 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.jobs import FileJobStore, JobRecord, Keys, cleanup, status_for
 from pipeline.errors import EncodeFailed, InputRejected, ModerationBlocked
+from pipeline.settings import load_settings
 from pipeline.storage import LocalStorage
 
 
-@pytest.fixture
-def store(tmp_path):
-    return FileJobStore(LocalStorage(tmp_path / "store"))
+@pytest.fixture(params=["files", "sqlite"])
+def store(request, tmp_path):
+    """The same behaviours from both job stores (tests/test_db.py adds PostgreSQL and SQL specifics)."""
+    if request.param == "files":
+        yield FileJobStore(LocalStorage(tmp_path / "store"))
+        return
+    from service import db
+
+    settings = load_settings(data_dir=tmp_path, jobs={"store": "database"})
+    yield db.SqlJobStore(LocalStorage(settings.store_root), settings)
+    db.dispose_engines()
 
 
 def test_keys_refuse_path_tricks():
@@ -31,8 +40,12 @@ def test_record_round_trip_and_merge(store):
     assert set(r.moderation) == {"image", "video"} and r.status == "running" and r.stage == "encode"
     with pytest.raises(AttributeError):
         store.update("j1", nonsense=1)
-    with pytest.raises(ConfigError, match="no job"):
+    with pytest.raises(ConfigError, match="no job") as info:
         store.load("missing")
+    assert info.value.code == "no_such_job"
+    with pytest.raises(ConfigError, match="no job"):
+        store.update("missing", status="failed")
+    assert store.exists("j1") and not store.exists("missing")
 
 
 def test_concurrent_updates_lose_nothing(store):
@@ -64,6 +77,7 @@ def test_cleanup_removes_only_expired_finished_jobs(store):
     for job_id in ("old-done", "old-running"):
         record = store.load(job_id)
         record.updated_at = old
-        store.storage.put_bytes(Keys(job_id).record, __import__("json").dumps(record.to_dict()).encode())
+        store._write(record)  # save() would stamp it now
     assert cleanup(store, retention_hours=168) == ["old-done"]
     assert store.list_ids() == ["new-done", "old-running"]
+    assert not store.storage.exists(Keys("old-done").video) and store.storage.exists(Keys("old-running").video)
