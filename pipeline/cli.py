@@ -195,11 +195,9 @@ def _trust_anchors(trust: Optional[Path], config: Optional[Path]) -> bytes | Non
         if not trust.is_file():
             raise ConfigError(f"--trust file {trust} does not exist", code="bad_option")
         return trust.read_bytes()
-    settings = _settings(config)
-    if settings.label.trust_anchors is not None:
-        return Path(settings.label.trust_anchors).read_bytes()
-    dev_root = settings.dev_credentials_dir / "root.pem"
-    return dev_root.read_bytes() if dev_root.is_file() else None
+    from pipeline.provenance import default_trust_anchors
+
+    return default_trust_anchors(_settings(config))
 
 
 @app.command(epilog=EXIT_CODES_HELP)

@@ -644,3 +644,11 @@ def _first_action_with_source_type(manifest: dict) -> dict | None:
                 if action.get("digitalSourceType"):
                     return action
     return None
+
+
+def default_trust_anchors(settings) -> bytes | None:
+    """Roots to verify against when none are given: the configured ones, else this machine's dev root."""
+    if settings.label.trust_anchors is not None:
+        return Path(settings.label.trust_anchors).read_bytes()
+    dev_root = settings.dev_credentials_dir / "root.pem"
+    return dev_root.read_bytes() if dev_root.is_file() else None

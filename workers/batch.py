@@ -19,7 +19,7 @@ from typing import Any, Callable
 from pipeline.engines import GenerationOptions
 from pipeline.errors import AliveError, ConfigError
 from pipeline.jobs import Keys, status_for
-from pipeline.provenance import verify
+from pipeline.provenance import default_trust_anchors, verify
 from pipeline.settings import Settings
 from pipeline.storage import open_storage, staged_path
 
@@ -78,13 +78,6 @@ def already_done(video: Path, trust: bytes | None) -> bool:
     return verify(video, trust).state in ("Valid", "Trusted")
 
 
-def _trust(settings: Settings) -> bytes | None:
-    if settings.label.trust_anchors:
-        return Path(settings.label.trust_anchors).read_bytes()
-    root = settings.dev_credentials_dir / "root.pem"
-    return root.read_bytes() if root.is_file() else None
-
-
 class Batch:
     def __init__(self, inputs: list[Path], out_dir: Path, settings: Settings, options: GenerationOptions, *,
                  engine: str | None = None, prompt: str | None = None,
@@ -102,7 +95,7 @@ class Batch:
         return c
 
     def _skip_finished(self) -> list[Row]:
-        trust = _trust(self.settings)
+        trust = default_trust_anchors(self.settings)
         todo = []
         for row in self.rows:
             if already_done(Path(row.output), trust):
