@@ -73,16 +73,102 @@ class EngineSettings(_Section):
 
 
 class FrameSettings(_Section):
-    strategy: Literal["auto", "crop", "pad"] = Field(
-        "auto", description="crop the centre, pad over a blurred copy, or auto (crop unless >40% is lost)"
+    """How the photo becomes the generation input (see pipeline/frame.py)."""
+
+    strategy: Literal["auto", "crop", "pad", "fit-generate"] = Field(
+        "auto", description="crop, pad over a blurred copy, auto (crop unless >40% is lost), or fit-generate "
+                            "(generate at the model size nearest the photo's shape, pad the clip into the story)"
+    )
+    crop_focus: Literal["centre", "saliency", "face"] = Field(
+        "centre", description="where a crop is centred: the middle, the most salient region, or the largest face"
+    )
+    face_backend: Literal["none", "haar"] = Field(
+        "none", description="face detector for crop_focus=face (haar: OpenCV's bundled cascade); none = saliency"
+    )
+    pad_darken: float = Field(0.45, ge=0.0, le=1.0, description="how much the blurred pad background is darkened")
+    generation_size: Literal["engine", "fast", "standard"] = Field(
+        "engine", description="engine = the engine's own default; fast = 320x576; standard = 576x1024"
     )
 
 
+class StorySettings(_Section):
+    """The finished story video (see pipeline/finish.py): size, rate, length, looping."""
+
+    width: int = Field(1080, ge=64, le=4096, multiple_of=2, description="story width in pixels (even)")
+    height: int = Field(1920, ge=64, le=4096, multiple_of=2, description="story height in pixels (even)")
+    fps: int = Field(30, ge=1, le=60, description="story frame rate; the clip is interpolated up to it")
+    duration_s: float = Field(4.0, gt=0, le=120, description="story length, reached by looping the clip")
+    max_duration_s: float = Field(60.0, gt=0, description="longest story allowed (platform limit)")
+    loop: Literal["none", "pingpong", "crossfade"] = Field(
+        "pingpong", description="none (play once, hold the last frame), pingpong, or crossfade (seamless)"
+    )
+    crossfade_s: float = Field(0.5, gt=0, le=5, description="length of the crossfade for loop=crossfade")
+    interpolation: Literal["flow", "blend", "repeat"] = Field(
+        "flow", description="new in-between frames: optical flow warping, plain blending, or repeating"
+    )
+    resampler: Literal["auto", "lanczos", "area", "cubic"] = Field(
+        "auto", description="resize filter; auto = Lanczos up, area down"
+    )
+    preview_width: int = Field(240, ge=32, le=1080, description="width of the animated WebP preview")
+    preview_fps: int = Field(12, ge=1, le=30, description="frame rate of the animated WebP preview")
+    preview_quality: int = Field(60, ge=1, le=100, description="WebP quality of the preview")
+
+    @model_validator(mode="after")
+    def _duration_fits(self) -> "StorySettings":
+        if self.duration_s > self.max_duration_s:
+            raise ValueError(f"duration_s ({self.duration_s}) exceeds max_duration_s ({self.max_duration_s})")
+        return self
+
+
+class OverlaySettings(_Section):
+    """The visible "AI-generated" label drawn into every frame (see pipeline/overlay.py)."""
+
+    enabled: bool = Field(True, description="draw the visible label (the C2PA label is always added)")
+    language: str = Field("en", description="language of the default text: en, id, ...")
+    text: str | None = Field(None, description="label text; None = the default text in `language`")
+    position: Literal["top-left", "top-right", "bottom-left", "bottom-right", "top", "bottom"] = "bottom-left"
+    opacity: float = Field(0.85, ge=0.05, le=1.0, description="opacity of the label")
+    font_size: float = Field(0.028, gt=0, le=0.2, description="text height as a fraction of the frame height")
+    font: Path | None = Field(None, description="TTF font file; None = the bundled DejaVu Sans Bold")
+    margin: float = Field(0.04, ge=0, le=0.3, description="distance from the frame edge, fraction of the width")
+
+
+class AudioSettings(_Section):
+    """The sound track (see pipeline/audio.py). Per job: --audio FILE or --ambience NAME."""
+
+    default: Literal["silent", "none"] = Field("silent", description="track when no audio is asked for")
+    ambience: Literal["waves", "wind", "rain", "room"] | None = Field(None, description="procedural bed")
+    file: Path | None = Field(None, description="a music/sound file mixed under the video")
+    volume: float = Field(1.0, ge=0.0, le=4.0, description="gain applied to the file or ambience")
+    fade_s: float = Field(0.5, ge=0.0, le=10.0, description="fade in and out")
+    codec: str = Field("aac", description="audio encoder (aac for MP4; opus for WebM)")
+    bitrate: str = Field("128k", description="audio bitrate")
+    sample_rate: int = Field(48000, ge=8000, le=96000)
+
+
+class PerformanceSettings(_Section):
+    """How the svd engine runs on a GPU (see pipeline/engines/svd.py and benchmarks/). Each switch is
+    measured on and off in benchmarks/RESULTS.md."""
+
+    attention: Literal["sdpa", "default"] = Field("sdpa", description="PyTorch scaled-dot-product attention")
+    channels_last: bool = Field(True, description="channels_last memory format for the UNet and VAE (CUDA)")
+    compile: bool = Field(False, description="torch.compile the UNet and VAE decoder (shape-bucketed, CUDA)")
+    memory: Literal["auto", "max-speed", "balanced", "low-vram"] = Field(
+        "auto", description="auto picks from free GPU memory; low-vram = CPU offload + small decode chunks"
+    )
+    warmup: bool = Field(True, description="run one tiny generation when a GPU worker starts")
+    cfg_last_fraction: float = Field(0.0, ge=0.0, le=1.0, description="last steps run without CFG (0 = off)")
+    cache_interval: int = Field(1, ge=1, le=10, description="reuse deep UNet features for N steps (1 = off)")
+    batch_clips: int = Field(1, ge=1, le=16, description="clips per UNet batch in batch mode")
+
+
 class EncodeSettings(_Section):
-    codec: str = "libx264"
-    crf: int = Field(18, ge=0, le=51)
-    preset: str = "medium"
+    codec: str = Field("libx264", description="libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc")
+    crf: int = Field(18, ge=0, le=63, description="quality (libx264/5: 0..51, svtav1/vp9: 0..63); lower is better")
+    preset: str = Field("medium", description="encoder speed/size trade-off (x264/x265 names; mapped for others)")
     profile: str = "high"
+    maxrate: str | None = Field(None, description="peak video bitrate, e.g. 8M (platform presets); None = crf only")
+    max_bytes: int | None = Field(None, ge=1, description="largest output accepted (platform limit); None = any")
     poster_quality: int = Field(90, ge=1, le=100)
     timeout_s: float = Field(300.0, gt=0)
 
@@ -163,7 +249,11 @@ class Settings(BaseSettings):
     intake: IntakeSettings = IntakeSettings()
     moderation: ModerationSettings = ModerationSettings()
     engine: EngineSettings = EngineSettings()
+    performance: PerformanceSettings = PerformanceSettings()
     frame: FrameSettings = FrameSettings()
+    story: StorySettings = StorySettings()
+    overlay: OverlaySettings = OverlaySettings()
+    audio: AudioSettings = AudioSettings()
     encode: EncodeSettings = EncodeSettings()
     label: LabelSettings = LabelSettings()
     storage: StorageSettings = StorageSettings()
@@ -198,8 +288,35 @@ class Settings(BaseSettings):
         return self.storage.root or self.data_dir / "store"
 
 
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings from defaults, an optional YAML file, the environment and overrides."""
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "presets"
+"""Platform presets (tiktok, reels, shorts, whatsapp-status): YAML files holding only differences."""
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The settings a platform preset changes, as nested dicts (its ``description`` left out)."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}",
+                          code="bad_preset")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data.pop("description", None)
+    return data
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_settings(config_file: str | Path | None = None, preset: str | None = None, **overrides: Any) -> Settings:
+    """Build the settings from defaults, an optional YAML file, the environment, a platform preset and
+    overrides (highest first: overrides > preset > environment > file > defaults)."""
     path = config_file or os.environ.get("ALIVE_CONFIG")
     cls: type[Settings] = Settings
     if path:
@@ -211,6 +328,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}", code="config_yaml") from exc
         cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": path}})
+    if preset:
+        overrides = _merge(load_preset(preset), overrides)
     try:
         return cls(**overrides)
     except ValidationError as exc:
