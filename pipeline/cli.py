@@ -101,20 +101,32 @@ def animate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: random, reported]."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Frames to generate [svd: 25, motion: 96]."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (svd/tiny) [25]."),
-    fps: Optional[int] = typer.Option(None, "--fps", help="Frames per second [svd: 7, motion: 24]."),
+    gen_fps: Optional[int] = typer.Option(None, "--gen-fps", help="Frame rate of the generated clip [svd: 7, motion: 24]."),
     motion: Optional[int] = typer.Option(None, "--motion", help="Motion amount 0-1023 [127]."),
+    size: Optional[str] = typer.Option(None, "--size", help="Generation size: engine, fast (320x576), standard (576x1024)."),
     width: Optional[int] = typer.Option(None, "--width", help="Generation width, multiple of 8 [576; tiny: 144]."),
     height: Optional[int] = typer.Option(None, "--height", help="Generation height, multiple of 8 [1024; tiny: 256]."),
     decode_chunk: Optional[int] = typer.Option(None, "--decode-chunk", help="svd: frames decoded at once [8]."),
     max_guidance: Optional[float] = typer.Option(None, "--max-guidance", help="svd: guidance at the last frame [3.0]."),
-    framing: Optional[str] = typer.Option(None, "--framing", help="auto, crop or pad [auto]."),
+    framing: Optional[str] = typer.Option(None, "--framing", help="auto, crop, pad or fit-generate [auto]."),
+    focus: Optional[str] = typer.Option(None, "--focus", help="Where a crop centres: centre, saliency, face [centre]."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Platform preset: tiktok, reels, shorts, whatsapp-status."),
+    fps: Optional[int] = typer.Option(None, "--fps", help="Story frame rate; the clip is interpolated up to it [30]."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Story length in seconds, reached by looping [4]."),
+    loop: Optional[str] = typer.Option(None, "--loop", help="none, pingpong or crossfade [pingpong]."),
+    language: Optional[str] = typer.Option(None, "--language", help="Language of the visible AI label: en, id, ... [en]."),
+    audio: Optional[Path] = typer.Option(None, "--audio", help="Sound file mixed in, trimmed and faded to the length."),
+    ambience: Optional[str] = typer.Option(None, "--ambience", help="Procedural sound: waves, wind, rain, room."),
+    codec: Optional[str] = typer.Option(None, "--codec", help="libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc [libx264]."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Optional text; moderated and kept in the report."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file (see configs/default.yaml)."),
     report: Optional[Path] = typer.Option(None, "--report", help="JSON report path [default: OUTPUT with .json]."),
     poster: Optional[Path] = typer.Option(None, "--poster", help="Poster JPEG path [default: OUTPUT with .jpg]."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Animated WebP preview [default: OUTPUT with .webp]."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
 ) -> None:
-    """Animate IMAGE into a labelled 9:16 story MP4 (+ poster JPEG and JSON report)."""
+    """Animate IMAGE into a labelled 9:16 story MP4: 1080x1920, 30 fps, 4 s pingpong loop, visible
+    AI label, silent sound track (+ poster JPEG, WebP preview and JSON report)."""
 
     def work() -> int:
         from pipeline.engines import GenerationOptions
@@ -123,17 +135,20 @@ def animate(
         engine_over = {k: v for k, v in {"name": engine, "model": model, "revision": revision}.items() if v}
         if model and not engine:
             engine_over["name"] = "svd"
-        settings = _settings(config, engine=engine_over, frame={"strategy": framing} if framing else None)
+        frame_over = {k: v for k, v in {"strategy": framing, "crop_focus": focus, "generation_size": size}.items() if v}
+        settings = _settings(config, engine=engine_over, frame=frame_over, encode={"codec": codec} if codec else None)
         options = GenerationOptions.build(
-            seed=seed, num_frames=frames, num_inference_steps=steps, fps=fps, motion_bucket_id=motion,
+            seed=seed, num_frames=frames, num_inference_steps=steps, fps=gen_fps, motion_bucket_id=motion,
             width=width, height=height, decode_chunk_size=decode_chunk, max_guidance_scale=max_guidance,
         )
+        story = _story_options(preset=preset, fps=fps, duration_s=duration, loop=loop, language=language,
+                               ambience=ambience)
+        if audio is not None and not audio.is_file():
+            raise ConfigError(f"--audio {audio}: no such file", code="bad_option")
         target = output or Path(image.stem + ".mp4")
-        if target.suffix.lower() != ".mp4":
-            raise ConfigError(f"--output must end in .mp4, got {target}", code="bad_option")
         with _StageBar(enabled=not json_out) as bar:
-            result = run_animate(image, target, settings, options, prompt=prompt, poster=poster, report=report,
-                                 progress=bar.update)
+            result = run_animate(image, target, settings, options, story=story, audio_file=audio, prompt=prompt,
+                                 poster=poster, preview=preview, report=report, progress=bar.update)
         doc = result.report
         if json_out:
             out.print_json(json.dumps(doc, default=str))
@@ -142,8 +157,13 @@ def animate(
         o = doc["outputs"]
         out.print(f"video   {result.video}  ({o['width']}x{o['height']}, {o['frames']} frames at {o['fps']:g} fps, "
                   f"{o['duration_s']:g} s, {o['bytes'] / 1e6:.2f} MB)")
-        out.print(f"poster  {result.poster}")
+        out.print(f"poster  {result.poster}  (frame {doc['finish']['poster']['frame']})")
+        out.print(f"preview {result.preview}")
         out.print(f"report  {result.report_path}")
+        fin = doc["finish"]
+        out.print(f"story   {fin['retime']['from_fps']:g} -> {fin['fps']} fps ({fin['retime']['method']}), "
+                  f"loop {fin['loop']['mode']}, label: " + (f"\"{fin['overlay']['text']}\"" if fin["overlay"] else "off")
+                  + f", sound: {doc['audio']['kind'] if doc['audio'] else 'none'}, flicker {fin['flicker']}")
         out.print(f"engine  {doc['engine']['engine']}" + (f" ({doc['engine']['model']})" if doc["engine"].get("model") else "")
                   + f", seed {doc['seed']}")
         out.print(f"label   C2PA {c2pa['state']}, AI-generated: {'yes' if c2pa['ai_generated'] else 'no'}"
@@ -270,6 +290,12 @@ def models_tiny(config: Optional[Path] = typer.Option(None, "--config", "-c", he
     _guard(work)
 
 
+def _story_options(**values: Any):
+    from pipeline.finish import StoryOptions
+
+    return StoryOptions.build(**values)
+
+
 def _generation_options(**values: Any):
     from pipeline.engines import GenerationOptions
 
@@ -317,8 +343,15 @@ def submit(
     seed: Optional[int] = typer.Option(None, "--seed"),
     frames: Optional[int] = typer.Option(None, "--frames"),
     steps: Optional[int] = typer.Option(None, "--steps"),
-    fps: Optional[int] = typer.Option(None, "--fps"),
+    gen_fps: Optional[int] = typer.Option(None, "--gen-fps", help="Frame rate of the generated clip."),
     motion: Optional[int] = typer.Option(None, "--motion"),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Platform preset: tiktok, reels, shorts, whatsapp-status."),
+    story_fps: Optional[int] = typer.Option(None, "--fps", help="Story frame rate [30]."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Story length in seconds [4]."),
+    loop: Optional[str] = typer.Option(None, "--loop", help="none, pingpong or crossfade [pingpong]."),
+    language: Optional[str] = typer.Option(None, "--language", help="Language of the visible AI label [en]."),
+    ambience: Optional[str] = typer.Option(None, "--ambience", help="Procedural sound: waves, wind, rain, room."),
+    audio: Optional[Path] = typer.Option(None, "--audio", help="Sound file mixed in (stored with the job)."),
     prompt: Optional[str] = typer.Option(None, "--prompt"),
     wait_: bool = typer.Option(False, "--wait", help="Wait for the job and print where its files are "
                                "(starting local workers for it when none answer)."),
@@ -332,9 +365,12 @@ def submit(
 
         settings = _settings(config)
         connect(settings)
-        options = _generation_options(seed=seed, num_frames=frames, num_inference_steps=steps, fps=fps,
+        options = _generation_options(seed=seed, num_frames=frames, num_inference_steps=steps, fps=gen_fps,
                                       motion_bucket_id=motion)
-        job_id = send(image, settings, options, prompt=prompt, engine=engine, label=image.name)
+        story = _story_options(preset=preset, fps=story_fps, duration_s=duration, loop=loop, language=language,
+                               ambience=ambience)
+        job_id = send(image, settings, options, prompt=prompt, engine=engine, label=image.name, story=story,
+                      audio=audio)
         out.print(job_id)
         if not wait_:
             return 0
@@ -399,6 +435,12 @@ def batch(
     steps: Optional[int] = typer.Option(None, "--steps"),
     width: Optional[int] = typer.Option(None, "--width"),
     height: Optional[int] = typer.Option(None, "--height"),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Platform preset: tiktok, reels, shorts, whatsapp-status."),
+    story_fps: Optional[int] = typer.Option(None, "--fps", help="Story frame rate [30]."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Story length in seconds [4]."),
+    loop: Optional[str] = typer.Option(None, "--loop", help="none, pingpong or crossfade [pingpong]."),
+    language: Optional[str] = typer.Option(None, "--language", help="Language of the visible AI label [en]."),
+    ambience: Optional[str] = typer.Option(None, "--ambience", help="Procedural sound: waves, wind, rain, room."),
     prompt: Optional[str] = typer.Option(None, "--prompt"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up waiting after this many seconds."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
@@ -426,7 +468,9 @@ def batch(
             finished = sum(c.get(k, 0) for k in ("done", "skipped", "blocked", "rejected", "failed"))
             progress.update(task, completed=finished, description=" ".join(f"{k} {v}" for k, v in sorted(c.items())))
 
-        job = Batch(items, out_dir, settings, options, engine=engine, prompt=prompt, on_update=on_update)
+        story = _story_options(preset=preset, fps=story_fps, duration_s=duration, loop=loop, language=language,
+                               ambience=ambience)
+        job = Batch(items, out_dir, settings, options, engine=engine, prompt=prompt, story=story, on_update=on_update)
         with progress:
             if local:
                 job.run_local()

@@ -59,6 +59,8 @@ class Keys:
             "unsigned": "unsigned.mp4",  # encoded, not yet labelled; deleted when the chain ends
             "video": "story.mp4",
             "poster": "poster.jpg",
+            "preview": "preview.webp",
+            "audio": "audio",  # the user's sound file, if any; deleted when the chain ends
             "report": "report.json",
             "scratch": ".scratch",  # temp folders of running tasks
         }
@@ -69,7 +71,7 @@ class Keys:
     @property
     def transient(self) -> tuple[str, ...]:
         """Files that hold the user's photo or intermediate data: never kept after the chain."""
-        return (self.source, self.clean, self.frames, self.unsigned)
+        return (self.source, self.clean, self.frames, self.unsigned, self.audio)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class JobRecord:
     updated_at: str = field(default_factory=now)
     alive_version: str = pipeline.__version__
     options: dict[str, Any] = field(default_factory=dict)
+    story: dict[str, Any] = field(default_factory=dict)  # the job's story options (preset, fps, loop ...)
     prompt: str | None = None
     engine_name: str | None = None  # engine asked for at submission; None = the worker's configured one
     engine: dict[str, Any] | None = None
@@ -90,6 +93,8 @@ class JobRecord:
     input: dict[str, Any] | None = None
     framing: dict[str, Any] | None = None
     changes: list[str] = field(default_factory=list)
+    finish: dict[str, Any] | None = None  # what finishing did: fps, loop, size, label, flicker, poster
+    audio: dict[str, Any] | None = None  # the sound track: silent, ambience or the user's file
     moderation: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)

@@ -18,13 +18,14 @@ from typing import Any, Callable, Iterator
 
 from pipeline import stages
 from pipeline.engines import GenerationOptions
+from pipeline.finish import StoryOptions, check_output_name, story_settings
 from pipeline.jobs import JobRecord, new_job_id
 from pipeline.settings import Settings
 from pipeline.storage import publish, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-STAGES = ("intake", "moderate_image", "generate", "moderate_video", "encode", "label")
+STAGES = ("intake", "moderate_image", "generate", "moderate_video", "finish", "encode", "label")
 
 StageProgress = Callable[[str, int, int], None]
 """Called with (stage, done, total); total is 1 for stages without inner steps."""
@@ -35,6 +36,7 @@ class Result:
     job_id: str
     video: Path
     poster: Path
+    preview: Path
     report_path: Path
     report: dict[str, Any]
 
@@ -69,9 +71,9 @@ class StageTimer:
         return lambda done, total: self.notify(name, done, total)
 
 
-def default_paths(output: Path) -> tuple[Path, Path]:
-    """Poster and report paths next to the video: story.mp4 -> story.jpg, story.json."""
-    return output.with_suffix(".jpg"), output.with_suffix(".json")
+def default_paths(output: Path) -> tuple[Path, Path, Path]:
+    """Poster, preview and report paths next to the video: story.mp4 -> story.jpg, story.webp, story.json."""
+    return output.with_suffix(".jpg"), output.with_suffix(".webp"), output.with_suffix(".json")
 
 
 def animate(
@@ -80,20 +82,27 @@ def animate(
     settings: Settings,
     options: GenerationOptions | None = None,
     *,
+    story: StoryOptions | None = None,
+    audio_file: str | Path | None = None,
     prompt: str | None = None,
     poster: str | Path | None = None,
+    preview: str | Path | None = None,
     report: str | Path | None = None,
     job_id: str | None = None,
     progress: StageProgress | None = None,
 ) -> Result:
-    """Run the chain for one photo and write the labelled MP4, its poster JPEG and a JSON report."""
+    """Run the chain for one photo and write the labelled video, its poster JPEG, an animated WebP
+    preview and a JSON report."""
     options = options or GenerationOptions()
+    settings = story_settings(settings, story)
     output = Path(output)
-    default_poster, default_report = default_paths(output)
+    check_output_name(output, settings)
+    default_poster, default_preview, default_report = default_paths(output)
     poster_path = Path(poster) if poster else default_poster
+    preview_path = Path(preview) if preview else default_preview
     report_path = Path(report) if report else default_report
     record = JobRecord(job_id=job_id or new_job_id(), status="running", options=options.model_dump(), prompt=prompt,
-                       source_retained=False)
+                       story=story.model_dump(exclude_none=True) if story else {}, source_retained=False)
     timer = StageTimer(progress)
 
     with timer.stage("intake"):
@@ -114,20 +123,31 @@ def animate(
     with timer.stage("moderate_video"):
         stages.moderate_video(clip.frames, settings, record.moderation)
 
+    with timer.stage("finish"):
+        finished = stages.finish(clip.frames, clip.fps, settings, timer.steps("finish"))
+    record.finish = finished.record
+
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".alive-", dir=output.parent) as work:
-        unsigned, poster_draft = Path(work) / "unsigned.mp4", Path(work) / "poster.jpg"
+        unsigned = Path(work) / f"unsigned{output.suffix}"
+        poster_draft, preview_draft = Path(work) / "poster.jpg", Path(work) / "preview.webp"
         with timer.stage("encode"):
-            encoded = stages.encode(clip.frames, clip.fps, unsigned, poster_draft, settings, timer.steps("encode"))
+            encoded = stages.encode(finished, unsigned, poster_draft, preview_draft, settings,
+                                    audio_file=Path(audio_file) if audio_file else None, progress=timer.steps("encode"))
         with timer.stage("label"):
-            record.c2pa = stages.label(unsigned, output, stages.png_bytes(taken.image), made.software_agent, settings)
-        publish(poster_draft, poster_path)  # only a labelled video gets a poster beside it
+            record.c2pa = stages.label(unsigned, output, stages.png_bytes(taken.image), made.software_agent, settings,
+                                       finished.actions + encoded.actions)
+        publish(poster_draft, poster_path)  # only a labelled video gets a poster and preview beside it
+        publish(preview_draft, preview_path)
 
-    record.outputs = {"video": str(output), "poster": str(poster_path), "bytes": output.stat().st_size,
-                      **stages.outputs_summary(encoded)}
+    record.audio = encoded.audio
+    record.finish = {**finished.record, "c2pa_actions": finished.actions + encoded.actions}
+    record.outputs = {"video": str(output), "poster": str(poster_path), "preview": str(preview_path),
+                      "bytes": output.stat().st_size, **stages.outputs_summary(encoded.video)}
     record.timings_s = {**timer.seconds, "total": round(sum(timer.seconds.values()), 4)}
     record.status, record.stage = "succeeded", None
     doc = record.to_dict()
     write_json_atomic(report_path, doc)
-    log.info("job %s: wrote %s (%s, %d frames)", record.job_id, output, record.c2pa["state"], encoded.frames)
-    return Result(job_id=record.job_id, video=output, poster=poster_path, report_path=report_path, report=doc)
+    log.info("job %s: wrote %s (%s, %d frames)", record.job_id, output, record.c2pa["state"], encoded.video.frames)
+    return Result(job_id=record.job_id, video=output, poster=poster_path, preview=preview_path,
+                  report_path=report_path, report=doc)

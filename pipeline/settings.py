@@ -33,6 +33,7 @@ class _Section(BaseModel):
 
 class IntakeSettings(_Section):
     max_bytes: int = Field(20_000_000, ge=1, description="largest upload accepted, in bytes")
+    max_audio_bytes: int = Field(50_000_000, ge=1, description="largest sound file a job may bring, in bytes")
     max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image, width x height")
     min_side: int = Field(64, ge=1, description="smallest accepted width or height, in pixels")
     max_aspect: float = Field(4.0, ge=1.0, description="widest accepted ratio long side / short side")

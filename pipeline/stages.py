@@ -8,6 +8,7 @@ none of them knows about Celery, storage keys or the terminal.
 from __future__ import annotations
 
 import io
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,9 +19,10 @@ from PIL import Image
 import pipeline
 from pipeline.encode import EncodedVideo, encode_mp4, write_poster
 from pipeline.engines import Clip, GenerationOptions, get_engine
-from pipeline.frame import fit_to_size
+from pipeline.finish import Finished
+from pipeline.finish import finish as finish_clip
 from pipeline.intake import IntakeResult, load_image
-from pipeline.provenance import LabelInfo, load_credentials, sign_video, verify
+from pipeline.provenance import ALGORITHMIC_MEDIA, LabelInfo, load_credentials, sign_video, verify
 from pipeline.settings import Settings
 
 StepProgress = Callable[[int, int], None]
@@ -66,6 +68,10 @@ def moderate_video(frames: np.ndarray, settings: Settings, record: dict[str, Any
 
 
 # -- generation ------------------------------------------------------------------------------------
+GENERATION_SIZES = {"fast": (320, 576), "standard": (576, 1024)}
+"""Named generation sizes (width, height), portrait: ``frame.generation_size`` picks one."""
+
+
 @dataclass
 class Generated:
     options: GenerationOptions  # with the engine's defaults filled in
@@ -76,12 +82,30 @@ class Generated:
     software_agent: str
 
 
+def generation_options(image: Image.Image, options: GenerationOptions, settings: Settings) -> GenerationOptions:
+    """Fill in the generation size: the caller's, else the configured preset, else the engine's;
+    ``fit-generate`` then turns it to the shape nearest the photo's (landscape, square, portrait)."""
+    from pipeline.frame import generation_size_for  # TEMP-LAZY
+    engine = get_engine(settings)
+    if options.width is None and options.height is None and settings.frame.generation_size != "engine":
+        width, height = GENERATION_SIZES[settings.frame.generation_size]
+        options = options.model_copy(update={"width": width, "height": height})
+    options = engine.resolve(options)
+    if settings.frame.strategy == "fit-generate":
+        width, height = generation_size_for(image.size, (options.width, options.height))
+        options = options.model_copy(update={"width": width, "height": height})
+    return options
+
+
 def generate(image: Image.Image, options: GenerationOptions, settings: Settings,
              progress: StepProgress | None = None) -> Generated:
     """Frame the photo to the generation size and animate it with the configured engine."""
+    from pipeline.frame import fit_to_size  # TEMP-LAZY
     engine = get_engine(settings)
-    options = engine.resolve(options)
-    framed, framing = fit_to_size(image, options.width, options.height, settings.frame.strategy)
+    options = generation_options(image, options, settings)
+    frame = settings.frame
+    framed, framing = fit_to_size(image, options.width, options.height, frame.strategy, focus=frame.crop_focus,
+                                  face_backend=frame.face_backend, darken=frame.pad_darken)
     engine.load()
     clip = engine.generate(framed, options, progress)
     options = options.model_copy(update={"seed": clip.seed, "fps": int(clip.fps), "num_frames": len(clip.frames)})
@@ -91,20 +115,66 @@ def generate(image: Image.Image, options: GenerationOptions, settings: Settings,
 
 def describe_framing(record: dict[str, Any]) -> str:
     (w, h), (tw, th) = record["source_size"], record["size"]
-    if record["strategy"] == "crop":
+    if record["strategy"] in ("crop", "fit-generate") and "crop_box" in record:
         x0, y0, x1, y1 = record["crop_box"]
-        return (f"cropped the centre {x1 - x0}x{y1 - y0} of the {w}x{h} photo "
+        where = "centre" if record.get("focus", "centre") == "centre" else f"region chosen by {record['focus']}"
+        return (f"cropped the {where} {x1 - x0}x{y1 - y0} of the {w}x{h} photo "
                 f"({record['kept_fraction']:.0%} kept) and resized it to {tw}x{th}")
+    if record["strategy"] == "fit-generate":
+        return f"resized the {w}x{h} photo to {tw}x{th}, the generation size nearest its shape"
     return f"placed the whole {w}x{h} photo, scaled {record['scale']}x, over a blurred copy of itself at {tw}x{th}"
 
 
+# -- finish ----------------------------------------------------------------------------------------
+def finish(frames: np.ndarray, fps: float, settings: Settings, progress: StepProgress | None = None) -> Finished:
+    """Clip -> story frames (fps, loop, length, size, visible label); see pipeline/finish.py."""
+    return finish_clip(np.asarray(frames), fps, settings, progress)
+
+
 # -- encode ----------------------------------------------------------------------------------------
-def encode(frames: np.ndarray, fps: float, video: Path, poster: Path, settings: Settings,
-           progress: StepProgress | None = None) -> EncodedVideo:
-    """Frames -> unsigned MP4 (not yet where users look) and the poster JPEG."""
-    encoded = encode_mp4(frames, video, fps, settings.encode, progress=progress)
-    write_poster(frames[0], poster, settings.encode.poster_quality)
-    return encoded
+@dataclass
+class Encoded:
+    video: EncodedVideo
+    audio: dict[str, Any] | None  # what the sound track is, None when the video has none
+    preview: dict[str, Any]
+    actions: list[dict[str, Any]]  # C2PA actions of this stage (sound, transcode)
+
+
+def encode(story: Finished, video: Path, poster: Path, preview: Path, settings: Settings, *,
+           audio_file: Path | None = None, progress: StepProgress | None = None) -> Encoded:
+    """Story frames -> unsigned video with its sound track (not yet where users look), the poster JPEG
+    (the best frame) and a small looping WebP preview."""
+    from pipeline.audio import render_track  # TEMP-LAZY
+    from pipeline.previews import write_webp_preview  # TEMP-LAZY
+
+    actions: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix=".audio-", dir=video.parent) as work:
+        wav = Path(work) / "track.wav"
+        track = render_track(story.duration_s, settings.audio, wav, file=audio_file)
+        encoded = encode_mp4(story.frames, video, story.fps, settings.encode, progress=progress,
+                             audio=wav if track else None, audio_codec=settings.audio.codec,
+                             audio_bitrate=settings.audio.bitrate)
+    if track:
+        actions.append(_audio_action(track))
+    actions.append({"action": "c2pa.transcoded", "parameters": {
+        "description": f"encoded with {encoded.codec} ({settings.encode.codec}, crf {settings.encode.crf})",
+        "codec": encoded.codec, "encoder": settings.encode.codec, "crf": settings.encode.crf}})
+    write_poster(story.frames[story.poster_index], poster, settings.encode.poster_quality)
+    shown = write_webp_preview(np.stack(story.frames[: min(len(story.frames), story.fps * 3)]), story.fps, preview,
+                               width=settings.story.preview_width, preview_fps=settings.story.preview_fps,
+                               quality=settings.story.preview_quality)
+    return Encoded(video=encoded, audio=track, preview=shown, actions=actions)
+
+
+def _audio_action(track: dict[str, Any]) -> dict[str, Any]:
+    if track.get("kind") == "ambience":
+        return {"action": "c2pa.edited", "digitalSourceType": ALGORITHMIC_MEDIA, "parameters": {
+            "description": f"procedural ambient sound \"{track.get('name')}\" generated in code and added",
+            "audio": "procedural"}}
+    if track.get("kind") == "file":
+        return {"action": "c2pa.edited", "parameters": {
+            "description": "sound track supplied by the user mixed in, trimmed and faded to the video length"}}
+    return {"action": "c2pa.edited", "parameters": {"description": "silent sound track added"}}
 
 
 def outputs_summary(encoded: EncodedVideo) -> dict[str, Any]:
@@ -122,7 +192,7 @@ def outputs_summary(encoded: EncodedVideo) -> dict[str, Any]:
 
 # -- label -----------------------------------------------------------------------------------------
 def label(unsigned: Path, signed: Path, clean_photo_png: bytes, software_agent: str,
-          settings: Settings) -> dict[str, Any]:
+          settings: Settings, actions: list[dict[str, Any]] | tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
     """Sign the MP4 (the last step that touches its bytes), verify it, and summarise both."""
     credentials = load_credentials(settings.label, settings.dev_credentials_dir)
     info = LabelInfo(
@@ -132,6 +202,7 @@ def label(unsigned: Path, signed: Path, clean_photo_png: bytes, software_agent: 
         software_agent=software_agent,
         source_mime="image/png",
         source_bytes=clean_photo_png,
+        extra_actions=tuple(actions),
     )
     summary = sign_video(unsigned, signed, info, credentials, settings.label)
     checked = verify(signed, credentials.trust_anchors_pem)

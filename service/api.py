@@ -25,12 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pipeline
 from pipeline.engines import GenerationOptions
+from pipeline.finish import StoryOptions
 from pipeline.errors import AliveError, ConfigError, InputRejected, TransientError
 from pipeline.jobs import Keys, open_job_store
 from pipeline.settings import Settings, load_settings
 
 WEB = Path(__file__).resolve().parent / "web"
-ENGINE_FPS = {"motion": 24, "svd": 7, "tiny": 7}
 MULTIPART_OVERHEAD = 64 * 1024
 
 
@@ -200,8 +200,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            "digital_source_type": verification.get("digital_source_type"),
                            "issuer": verification.get("signer"), "generator": verification.get("generator")}
             doc["links"] = {"video": f"{base}/v1/animations/{job_id}/video",
-                            "poster": f"{base}/v1/animations/{job_id}/poster"}
+                            "poster": f"{base}/v1/animations/{job_id}/poster",
+                            "preview": f"{base}/v1/animations/{job_id}/preview"}
             doc["video"] = {k: record.outputs.get(k) for k in ("width", "height", "fps", "frames", "duration_s")}
+            doc["video"]["audio"] = (record.audio or {}).get("kind")
         return doc
 
     @app.get("/healthz", tags=["ops"])
@@ -239,8 +241,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine: Literal["motion", "svd", "tiny"] = Form(None, description="engine preset"),
         seed: int = Form(None, ge=0, le=2**31 - 1),
         motion: int = Form(None, ge=0, le=1023, description="amount of motion"),
-        fps: int = Form(None, ge=1, le=60),
-        duration_s: float = Form(None, gt=0, le=15, description="clip length in seconds"),
+        preset: Literal["tiktok", "reels", "shorts", "whatsapp-status"] = Form(None, description="platform preset"),
+        fps: int = Form(None, ge=1, le=60, description="story frame rate (the clip is interpolated up to it)"),
+        duration_s: float = Form(None, gt=0, le=60, description="story length in seconds, reached by looping"),
+        loop: Literal["none", "pingpong", "crossfade"] = Form(None, description="how the clip loops"),
+        language: str = Form(None, max_length=16, description="language of the visible AI label: en, id, ..."),
+        ambience: Literal["waves", "wind", "rain", "room"] = Form(None, description="procedural sound bed"),
+        audio: UploadFile = File(None, description="sound file mixed in, trimmed and faded to the story"),
         prompt: str = Form(None, max_length=500),
         callback_url: str = Form(None, max_length=2000, pattern=r"^https?://",
                                  description="webhook called when the job ends"),
@@ -259,10 +266,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         data = image.file.read(settings.intake.max_bytes + 1)
         if len(data) > settings.intake.max_bytes:
             raise ApiError(413, "too_large", f"the photo is larger than {settings.intake.max_bytes} bytes")
-        frames = None
-        if duration_s is not None:
-            frames = max(2, min(240, round(duration_s * (fps or ENGINE_FPS[engine or settings.engine.name]))))
-        options = GenerationOptions.build(seed=seed, motion_bucket_id=motion, fps=fps, num_frames=frames)
+        options = GenerationOptions.build(seed=seed, motion_bucket_id=motion)
+        story = StoryOptions.build(preset=preset, fps=fps, duration_s=duration_s, loop=loop, language=language,
+                                   ambience=ambience)
+        limit_audio = settings.intake.max_audio_bytes
+        sound = audio.file.read(limit_audio + 1) if audio is not None else None
+        if sound is not None and len(sound) > limit_audio:
+            raise ApiError(413, "too_large", f"the sound file is larger than {limit_audio} bytes")
         from workers.client import submit
 
         def attach(job_id: str) -> None:
@@ -271,7 +281,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         try:
             job_id = submit(data, settings, options, prompt=prompt, engine=engine, callback_url=callback_url,
-                            on_created=attach)
+                            story=story, audio=sound, on_created=attach)
         except db.IntegrityError:  # the same Idempotency-Key raced in from another request
             existing = db.find_by_idempotency(url, key.id, idempotency_key)
             response.status_code = 200
@@ -301,6 +311,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def get_poster(job_id: str, key=Depends(api_key)):
         owned_job(job_id, key)
         return _file(job_id, "poster", "image/jpeg")
+
+    @app.get("/v1/animations/{job_id}/preview", tags=["animations"], responses=ERRORS,
+             response_class=FileResponse)
+    def get_preview(job_id: str, key=Depends(api_key)):
+        """A small looping animated WebP of the story, for feeds and thumbnails."""
+        owned_job(job_id, key)
+        return _file(job_id, "preview", "image/webp")
 
     @app.post("/v1/animations/{job_id}/share", status_code=201, tags=["animations"], responses=ERRORS)
     def share(job_id: str, request: Request, body: ShareRequest | None = None, key=Depends(api_key)):

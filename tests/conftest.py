@@ -12,6 +12,11 @@ import pytest
 _SESSION_DATA = Path(tempfile.mkdtemp(prefix="alive-test-data-"))
 os.environ["ALIVE_DATA_DIR"] = str(_SESSION_DATA)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: nothing in the tests may reach a hub
+# Small stories by default (worker processes inherit this); the tests of the real story defaults
+# (1080x1920, 30 fps, 4 s) clear these with the `story_defaults` fixture.
+SMALL_STORY = {"ALIVE_STORY__WIDTH": "144", "ALIVE_STORY__HEIGHT": "256", "ALIVE_STORY__FPS": "12",
+               "ALIVE_STORY__DURATION_S": "1.0"}
+os.environ.update(SMALL_STORY)
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -28,6 +33,13 @@ def settings(data_dir):
     from pipeline.settings import load_settings
 
     return load_settings(data_dir=data_dir, encode={"preset": "veryfast"})
+
+
+@pytest.fixture
+def story_defaults(monkeypatch):
+    """Undo the suite's small-story environment, for tests of the real defaults."""
+    for name in SMALL_STORY:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

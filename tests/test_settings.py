@@ -9,7 +9,7 @@ from pipeline.settings import Settings, load_settings
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_default_yaml_matches_code_defaults():
+def test_default_yaml_matches_code_defaults(story_defaults):
     documented = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
     code = Settings().model_dump(mode="json")
     code.pop("data_dir")  # user-dependent, documented as a comment

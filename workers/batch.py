@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from pipeline.engines import GenerationOptions
 from pipeline.errors import AliveError, ConfigError
+from pipeline.finish import StoryOptions
 from pipeline.jobs import Keys, status_for
 from pipeline.provenance import default_trust_anchors, verify
 from pipeline.settings import Settings
@@ -80,9 +81,10 @@ def already_done(video: Path, trust: bytes | None) -> bool:
 
 class Batch:
     def __init__(self, inputs: list[Path], out_dir: Path, settings: Settings, options: GenerationOptions, *,
-                 engine: str | None = None, prompt: str | None = None,
+                 engine: str | None = None, prompt: str | None = None, story: StoryOptions | None = None,
                  on_update: Callable[[list[Row]], None] | None = None):
         self.settings, self.options, self.engine, self.prompt = settings, options, engine, prompt
+        self.story = story
         self.out_dir = out_dir
         self.on_update = on_update or (lambda rows: None)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +118,8 @@ class Batch:
             self.on_update(self.rows)
             started = time.perf_counter()
             try:
-                result = animate(Path(row.input), Path(row.output), settings, self.options, prompt=self.prompt)
+                result = animate(Path(row.input), Path(row.output), settings, self.options, prompt=self.prompt,
+                                 story=self.story)
             except AliveError as exc:
                 row.status = status_for(exc)
                 row.reason, row.code = exc.message, exc.code
@@ -135,7 +138,7 @@ class Batch:
         for row in self._skip_finished():
             try:
                 row.job_id = submit(Path(row.input), self.settings, self.options, prompt=self.prompt,
-                                    engine=self.engine, label=Path(row.input).name)
+                                    engine=self.engine, label=Path(row.input).name, story=self.story)
                 submitted[row.job_id] = row
             except AliveError as exc:
                 row.status, row.reason, row.code = status_for(exc), exc.message, exc.code
@@ -170,7 +173,8 @@ class Batch:
     def _deliver(self, storage, job_id: str, video: Path) -> None:
         """Copy the job's video, poster and report next to each other in the output folder."""
         keys = Keys(job_id)
-        for key, target in ((keys.poster, video.with_suffix(".jpg")), (keys.report, video.with_suffix(".json")),
+        for key, target in ((keys.poster, video.with_suffix(".jpg")), (keys.preview, video.with_suffix(".webp")),
+                            (keys.report, video.with_suffix(".json")),
                             (keys.video, video)):  # the video last: its presence means "complete"
             with staged_path(target) as tmp:
                 shutil.copyfile(storage.local_path(key), tmp)

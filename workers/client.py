@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Iterator
 from pipeline.engines import GenerationOptions
 from pipeline.errors import InputRejected, TransientError
 from pipeline.jobs import JobRecord, Keys, new_job_id, open_job_store
+from pipeline.finish import StoryOptions, story_settings
 from pipeline.settings import Settings
 from workers.app import app, broker_url, configure, ensure_broker
 
@@ -45,10 +46,27 @@ def read_source(source: bytes | str | Path, settings: Settings) -> bytes:
     return data
 
 
+def read_audio(source: bytes | str | Path, settings: Settings) -> bytes:
+    """The job's sound file; whether it is decodable audio is checked when the story is encoded."""
+    limit = settings.intake.max_audio_bytes
+    if isinstance(source, bytes):
+        if len(source) > limit:
+            raise InputRejected(f"the sound file is {len(source)} bytes, more than the {limit} byte limit",
+                                code="bad_audio")
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise InputRejected(f"sound file {path} does not exist or is not a file", code="bad_audio")
+    if path.stat().st_size > limit:
+        raise InputRejected(f"sound file {path} is {path.stat().st_size} bytes, more than the {limit} "
+                            "byte limit", code="bad_audio")
+    return path.read_bytes()
+
+
 def submit(source: bytes | str | Path, settings: Settings, options: GenerationOptions | None = None, *,
            prompt: str | None = None, engine: str | None = None, label: str | None = None,
-           job_id: str | None = None, callback_url: str | None = None,
-           on_created: Callable[[str], None] | None = None) -> str:
+           job_id: str | None = None, callback_url: str | None = None, story: StoryOptions | None = None,
+           audio: bytes | str | Path | None = None, on_created: Callable[[str], None] | None = None) -> str:
     """Store the upload, create the job record and send the chain. Returns the job id.
 
     ``on_created(job_id)`` runs after the record exists and before the chain is sent (the API
@@ -58,14 +76,18 @@ def submit(source: bytes | str | Path, settings: Settings, options: GenerationOp
     """
     from workers.tasks import job_chain
 
+    story_settings(settings, story)  # a bad preset or option fails here, before anything is stored
     data = read_source(source, settings)
     job_id = job_id or new_job_id()
     jobs = open_job_store(settings)
     storage = jobs.storage
     keys = Keys(job_id)
     storage.put_bytes(keys.source, data)
+    if audio is not None:
+        storage.put_bytes(keys.audio, read_audio(audio, settings))
     jobs.create(JobRecord(job_id=job_id, options=(options or GenerationOptions()).model_dump(), prompt=prompt,
-                          engine_name=engine, label=label, callback_url=callback_url))
+                          engine_name=engine, label=label, callback_url=callback_url,
+                          story=story.model_dump(exclude_none=True) if story else {}))
     if on_created is not None:
         try:
             on_created(job_id)

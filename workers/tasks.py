@@ -29,7 +29,9 @@ from PIL import Image
 from pipeline import stages
 from pipeline.engines import GenerationOptions
 from pipeline.errors import AliveError, GenerationFailed, InputRejected, ModerationBlocked, TransientError
+from pipeline.finish import StoryOptions, story_settings
 from pipeline.jobs import Keys, cleanup, open_job_store, status_for
+from pipeline.settings import Settings
 from pipeline.storage import LocalStorage, Storage, write_json_atomic
 from workers.app import app, current_settings
 
@@ -190,18 +192,34 @@ def moderate_video(self, job_id: str) -> str:
     return self.run_stage(job_id, "moderate_video", work)
 
 
+def _job_settings(ctx: Context, record) -> Settings:
+    """The settings of this job: the worker's, with the job's preset and story options applied."""
+    return story_settings(ctx.settings, StoryOptions(**record.story) if record.story else None)
+
+
 @app.task(name="alive.encode", bind=True, base=StageTask)
 def encode(self, job_id: str) -> str:
+    """Finish (fps, loop, story size, visible label) and encode in one task: the story-size frames are
+    ~6x the generated ones and never need to leave this worker."""
+
     def work(ctx: Context, progress) -> None:
         keys = Keys(job_id)
-        if ctx.storage.exists(keys.unsigned) and ctx.storage.exists(keys.poster):
+        if all(ctx.storage.exists(k) for k in (keys.unsigned, keys.poster, keys.preview)):
             return
         record = ctx.jobs.load(job_id)
+        settings = _job_settings(ctx, record)
+        started = time.perf_counter()
+        finished = stages.finish(np.asarray(_frames(ctx, job_id)), float(record.options["fps"]), settings)
+        finish_s = round(time.perf_counter() - started, 4)
+        audio = ctx.storage.local_path(keys.audio) if ctx.storage.exists(keys.audio) else None
         with ctx.scratch(job_id) as tmp:
-            encoded = stages.encode(np.asarray(_frames(ctx, job_id)), float(record.options["fps"]),
-                                    tmp / "unsigned.mp4", tmp / "poster.jpg", ctx.settings, progress)
-            ctx.jobs.update(job_id, outputs=stages.outputs_summary(encoded))
+            encoded = stages.encode(finished, tmp / "unsigned.mp4", tmp / "poster.jpg", tmp / "preview.webp",
+                                    settings, audio_file=audio, progress=progress)
+            ctx.jobs.update(job_id, outputs=stages.outputs_summary(encoded.video), audio=encoded.audio,
+                            finish={**finished.record, "c2pa_actions": finished.actions + encoded.actions},
+                            timings_s={"finish": finish_s})
             ctx.storage.put_file(keys.poster, tmp / "poster.jpg")
+            ctx.storage.put_file(keys.preview, tmp / "preview.webp")
             ctx.storage.put_file(keys.unsigned, tmp / "unsigned.mp4")  # last: marks the stage done
 
     return self.run_stage(job_id, "encode", work)
@@ -216,7 +234,8 @@ def label(self, job_id: str) -> str:
         record = ctx.jobs.load(job_id)
         with ctx.scratch(job_id) as tmp:
             summary = stages.label(ctx.storage.local_path(keys.unsigned), tmp / "story.mp4",
-                                   ctx.storage.get_bytes(keys.clean), record.software_agent, ctx.settings)
+                                   ctx.storage.get_bytes(keys.clean), record.software_agent,
+                                   _job_settings(ctx, record), (record.finish or {}).get("c2pa_actions", ()))
             ctx.jobs.update(job_id, c2pa=summary)
             ctx.storage.put_file(keys.video, tmp / "story.mp4")
 
@@ -234,6 +253,7 @@ def finalize(self, job_id: str) -> str:
     ctx.jobs.delete_transient(job_id)
     record.status, record.stage, record.source_retained = "succeeded", None, False
     record.outputs.update(video=ctx.storage.url(keys.video), poster=ctx.storage.url(keys.poster),
+                          preview=ctx.storage.url(keys.preview),
                           report=ctx.storage.url(keys.report), bytes=ctx.storage.local_path(keys.video).stat().st_size)
     record.timings_s["total"] = round(sum(v for k, v in record.timings_s.items() if k != "total"), 4)
     # the report first: a record that says "succeeded" always has its report beside it

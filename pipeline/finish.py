@@ -1,0 +1,248 @@
+"""Generated clip -> story frames: frame rate, loop and length, story size, visible label.
+
+SVD-XT gives ~25 frames at ~7 fps near 576x1024; a story is 1080x1920 at 24-30 fps, a few seconds
+long, and says visibly that it is AI-generated. ``finish`` closes that gap in a fixed order chosen
+for cost and quality:
+
+1. **retime** to the story fps at the generation size (optical flow is 3-4x cheaper there than at
+   1080x1920, and the in-between frames are then upscaled like every other frame);
+2. **loop** to the target duration: ``none`` replays the clip, ``pingpong`` plays it forward then
+   backward without repeating the turn-around frames, ``crossfade`` blends the tail into the head so
+   the cut is invisible. Length comes from looping only, never from slowing frames down;
+3. **fit** to the story size (Lanczos up, area down; a clip of another aspect is padded over a
+   blurred copy of itself);
+4. **label** drawn into every frame (on by default, localised);
+5. measure **flicker** (motion-compensated luminance change) and choose the **poster** frame.
+
+Only the frames of one loop cycle are resized and labelled; the story is a list of references into
+them, so a 30 s story costs the memory of one cycle.
+
+Every edit is listed in ``Finished.actions`` as a C2PA action with its parameters, so the signed
+label says what happened after generation. ``story_settings`` applies a platform preset and the
+per-job story options to the settings, for the CLI, the workers and the API alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import ConfigError
+from pipeline.settings import Settings, StorySettings, load_preset
+
+StepProgress = Callable[[int, int], None]
+
+LOOP_MODES = ("none", "pingpong", "crossfade")
+
+
+class StoryOptions(BaseModel):
+    """What one job may choose about its story; ``None`` keeps the configured value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str | None = Field(None, description="platform preset: tiktok, reels, shorts, whatsapp-status")
+    fps: int | None = Field(None, ge=1, le=60, description="story frame rate")
+    duration_s: float | None = Field(None, gt=0, le=120, description="story length in seconds")
+    loop: Literal["none", "pingpong", "crossfade"] | None = None
+    language: str | None = Field(None, max_length=16, description="language of the visible label")
+    ambience: Literal["waves", "wind", "rain", "room"] | None = Field(None, description="procedural sound bed")
+
+    @classmethod
+    def build(cls, **values: Any) -> "StoryOptions":
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as exc:
+            parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
+            raise ConfigError("invalid story options: " + "; ".join(parts), code="bad_option") from exc
+
+
+def story_settings(settings: Settings, options: StoryOptions | None) -> Settings:
+    """The settings one job runs with: the configured ones, then its preset, then its own options."""
+    if options is None or not options.model_dump(exclude_none=True):
+        return settings
+    doc = settings.model_dump()
+    layers: list[dict[str, Any]] = []
+    if options.preset:
+        layers.append(load_preset(options.preset))
+    own = {"story": {k: getattr(options, k) for k in ("fps", "duration_s", "loop") if getattr(options, k) is not None}}
+    if options.language is not None:
+        own["overlay"] = {"language": options.language}
+    if options.ambience is not None:
+        own["audio"] = {"ambience": options.ambience}
+    layers.append(own)
+    for layer in layers:
+        for section, values in layer.items():
+            doc[section] = {**doc.get(section, {}), **values}
+    try:
+        return type(settings).model_validate(doc)
+    except ValidationError as exc:
+        reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        where = f" with preset {options.preset}" if options.preset else ""
+        raise ConfigError(f"invalid story options for this job{where}: {reason}", code="bad_option") from exc
+
+
+# -- loop and length -------------------------------------------------------------------------------
+def loop_order(count: int, mode: str, total: int) -> tuple[list[int], int]:
+    """Indices into a cycle of frames for a story of ``total`` frames, and the cycle length.
+
+    For ``none``/``pingpong`` the cycle is the clip's own frames; for ``crossfade`` it is the cycle
+    ``crossfade_cycle`` builds. Index lists only: no pixels are copied here.
+    """
+    if mode not in LOOP_MODES:
+        raise ConfigError(f"loop must be one of {', '.join(LOOP_MODES)}, got {mode!r}", code="bad_option")
+    if count < 1 or total < 1:
+        raise ConfigError(f"a story needs at least one frame (clip {count}, story {total})", code="bad_option")
+    if mode == "pingpong" and count > 2:
+        cycle = list(range(count)) + list(range(count - 2, 0, -1))
+    else:
+        cycle = list(range(count))
+    return [cycle[i % len(cycle)] for i in range(total)], len(cycle)
+
+
+def crossfade_cycle(frames: np.ndarray, overlap: int) -> np.ndarray:
+    """A seamless cycle: frames[overlap:], with its last ``overlap`` frames blended into the clip's
+    first ones, so the cycle's end leads straight into its start (frames[overlap])."""
+    count = len(frames)
+    overlap = max(0, min(overlap, count // 3))
+    if overlap == 0:
+        return frames
+    body = frames[overlap:].copy()
+    tail_start = len(body) - overlap
+    for j in range(overlap):
+        weight = (j + 1) / (overlap + 1)  # towards the head, reaching it just after the cycle's end
+        mixed = frames[count - overlap + j].astype(np.float32) * (1 - weight) + frames[j].astype(np.float32) * weight
+        body[tail_start + j] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+    return body
+
+
+# -- the whole finish --------------------------------------------------------------------------------
+@dataclass
+class Finished:
+    frames: list[np.ndarray]  # the story, frame by frame (references into the labelled cycle)
+    fps: int
+    poster_index: int  # index into ``frames`` of the chosen poster frame
+    record: dict[str, Any]  # what was done, for the job report
+    actions: list[dict[str, Any]] = field(default_factory=list)  # the same, as C2PA actions
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.frames[0].shape[1]), int(self.frames[0].shape[0])
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.frames) / self.fps
+
+
+def finish(frames: np.ndarray, clip_fps: float, settings: Settings, progress: StepProgress | None = None) -> Finished:
+    """Make the story frames from the generated clip (uint8 (F, H, W, 3) at ``clip_fps``)."""
+    from pipeline.frame import fit_clip_to_story  # TEMP-LAZY
+    from pipeline.interpolate import retime  # TEMP-LAZY
+    from pipeline.overlay import draw_label  # TEMP-LAZY
+    from pipeline.previews import best_frame  # TEMP-LAZY
+    from pipeline.quality import flicker  # TEMP-LAZY
+
+    story: StorySettings = settings.story
+    if frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ConfigError(f"finish needs uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}",
+                          code="bad_frames")
+    clip_count, (clip_h, clip_w) = len(frames), frames.shape[1:3]
+    total = max(1, round(story.duration_s * story.fps))
+    report = _Progress(progress, 4)
+    actions: list[dict[str, Any]] = []
+
+    timed = retime(np.asarray(frames), clip_fps, story.fps, method=story.interpolation) if clip_count > 1 else np.asarray(frames)
+    retimed = {"from_fps": round(float(clip_fps), 3), "to_fps": story.fps, "method": story.interpolation,
+               "frames_in": clip_count, "frames_out": len(timed)}
+    if story.fps != clip_fps and clip_count > 1:
+        actions.append(_edited(f"frame rate converted from {clip_fps:g} to {story.fps} fps ({_METHOD[story.interpolation]})",
+                               retimed))
+    report.step()
+
+    overlap = round(story.crossfade_s * story.fps) if story.loop == "crossfade" else 0
+    cycle = crossfade_cycle(timed, overlap) if overlap else timed
+    order, cycle_len = loop_order(len(cycle), story.loop, total)
+    looped = {"mode": story.loop, "duration_s": round(total / story.fps, 3), "frames": total,
+              "cycle_frames": cycle_len, "repeats": round(total / cycle_len, 2)}
+    if story.loop == "crossfade":
+        looped["crossfade_frames"] = min(overlap, len(timed) // 3)
+    if cycle_len < total or story.loop != "none":
+        actions.append(_edited(f"looped ({story.loop}) to {total / story.fps:g} s", looped))
+    if cycle_len > total and story.loop != "pingpong":
+        looped["trimmed"] = True
+    report.step()
+
+    used = sorted(set(order))  # frames of the cycle the story shows (a short story may not use them all)
+    fitted, fit = fit_clip_to_story(np.ascontiguousarray(cycle[used]), story.width, story.height,
+                                    resampler=story.resampler, darken=settings.frame.pad_darken)
+    if fit.get("how") != "none" and (clip_w, clip_h) != (story.width, story.height):
+        actions.append({"action": "c2pa.resized", "parameters": {
+            "description": f"resized from {clip_w}x{clip_h} to {story.width}x{story.height} ({fit.get('how')})",
+            **_json_params(fit)}})
+    report.step()
+
+    overlay: dict[str, Any] | None = None
+    if settings.overlay.enabled:
+        overlay = draw_label(fitted, settings.overlay)
+        actions.append(_edited(f"visible label \"{overlay['text']}\" drawn into every frame", overlay))
+    report.step()
+
+    position = {index: i for i, index in enumerate(used)}
+    story_frames = [fitted[position[index]] for index in order]
+    poster_in_cycle, poster_scores = best_frame(fitted)
+    poster_index = order.index(used[poster_in_cycle])
+    record = {
+        "size": [story.width, story.height], "fps": story.fps, "frames": total,
+        "duration_s": round(total / story.fps, 3),
+        "retime": retimed, "loop": looped, "fit": _json_params(fit), "overlay": overlay,
+        "flicker": round(flicker(np.stack(story_frames[: min(total, 2 * story.fps)])), 3),
+        "poster": {"frame": poster_index, **poster_scores},
+    }
+    return Finished(frames=story_frames, fps=story.fps, poster_index=poster_index, record=record, actions=actions)
+
+
+_METHOD = {"flow": "optical-flow interpolation", "blend": "frame blending", "repeat": "frame repetition"}
+
+
+def _edited(description: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"action": "c2pa.edited", "parameters": {"description": description, **_json_params(parameters)}}
+
+
+def _json_params(values: dict[str, Any]) -> dict[str, Any]:
+    """Only JSON scalars and short lists: C2PA action parameters are CBOR-encoded as given."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple)) and len(value) <= 8 and all(isinstance(v, (int, float, str)) for v in value):
+            out[key] = list(value)
+    return out
+
+
+class _Progress:
+    def __init__(self, callback: StepProgress | None, total: int):
+        self.callback, self.total, self.done = callback, total, 0
+        if callback:
+            callback(0, total)
+
+    def step(self) -> None:
+        self.done += 1
+        if self.callback:
+            self.callback(self.done, self.total)
+
+
+
+# -- output names ----------------------------------------------------------------------------------
+VIDEO_SUFFIXES = {".mp4": "MP4"}
+"""Containers a labelled story can be written to. WebM is not here: c2pa-rs 0.91 cannot embed a
+manifest in Matroska/WebM, and alive never hands out an unlabelled video (VP9 goes into MP4)."""
+
+
+def check_output_name(output, settings: Settings) -> None:
+    """Refuse an output name whose container alive cannot label, before any work is done."""
+    suffix = output.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ConfigError(f"cannot write {output.name}: stories are written as MP4 (with the C2PA label "
+                          f"embedded); name the output *.mp4", code="bad_output_name")
