@@ -24,6 +24,7 @@ per-job story options to the settings, for the CLI, the workers and the API alik
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -31,6 +32,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import ConfigError
+from pipeline.frame import fit_clip_to_story
+from pipeline.interpolate import retime
+from pipeline.overlay import draw_label
+from pipeline.previews import best_frame
+from pipeline.quality import flicker
 from pipeline.settings import Settings, StorySettings, load_preset
 
 StepProgress = Callable[[int, int], None]
@@ -85,6 +91,15 @@ def story_settings(settings: Settings, options: StoryOptions | None) -> Settings
 
 
 # -- loop and length -------------------------------------------------------------------------------
+def frames_wanted(mode: str, total: int, overlap: int = 0) -> int:
+    """How many clip frames (at the story fps) a story of ``total`` frames can use.
+
+    ``pingpong`` wants half the story plus one, so the turn-around happens within the story and
+    the story loops seamlessly when a player repeats it; ``crossfade`` needs the overlap on top.
+    """
+    if mode == "pingpong":
+        return max(2, total // 2 + 1)
+    return total + overlap
 def loop_order(count: int, mode: str, total: int) -> tuple[list[int], int]:
     """Indices into a cycle of frames for a story of ``total`` frames, and the cycle length.
 
@@ -138,11 +153,6 @@ class Finished:
 
 def finish(frames: np.ndarray, clip_fps: float, settings: Settings, progress: StepProgress | None = None) -> Finished:
     """Make the story frames from the generated clip (uint8 (F, H, W, 3) at ``clip_fps``)."""
-    from pipeline.frame import fit_clip_to_story  # TEMP-LAZY
-    from pipeline.interpolate import retime  # TEMP-LAZY
-    from pipeline.overlay import draw_label  # TEMP-LAZY
-    from pipeline.previews import best_frame  # TEMP-LAZY
-    from pipeline.quality import flicker  # TEMP-LAZY
 
     story: StorySettings = settings.story
     if frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -153,15 +163,21 @@ def finish(frames: np.ndarray, clip_fps: float, settings: Settings, progress: St
     report = _Progress(progress, 4)
     actions: list[dict[str, Any]] = []
 
-    timed = retime(np.asarray(frames), clip_fps, story.fps, method=story.interpolation) if clip_count > 1 else np.asarray(frames)
+    overlap = round(story.crossfade_s * story.fps) if story.loop == "crossfade" else 0
+    wanted = frames_wanted(story.loop, total, overlap)
+    # only the part of the clip the story shows is interpolated (a long clip in a short story)
+    source = np.asarray(frames)[: min(clip_count, math.ceil((wanted - 1) * clip_fps / story.fps) + 2)]
+    timed = retime(source, clip_fps, story.fps, method=story.interpolation) if len(source) > 1 else source
+    timed = timed[:wanted]
     retimed = {"from_fps": round(float(clip_fps), 3), "to_fps": story.fps, "method": story.interpolation,
-               "frames_in": clip_count, "frames_out": len(timed)}
+               "frames_in": len(source), "frames_out": len(timed)}
+    if len(source) < clip_count:
+        retimed["clip_frames_unused"] = clip_count - len(source)
     if story.fps != clip_fps and clip_count > 1:
         actions.append(_edited(f"frame rate converted from {clip_fps:g} to {story.fps} fps ({_METHOD[story.interpolation]})",
                                retimed))
     report.step()
 
-    overlap = round(story.crossfade_s * story.fps) if story.loop == "crossfade" else 0
     cycle = crossfade_cycle(timed, overlap) if overlap else timed
     order, cycle_len = loop_order(len(cycle), story.loop, total)
     looped = {"mode": story.loop, "duration_s": round(total / story.fps, 3), "frames": total,
@@ -170,8 +186,6 @@ def finish(frames: np.ndarray, clip_fps: float, settings: Settings, progress: St
         looped["crossfade_frames"] = min(overlap, len(timed) // 3)
     if cycle_len < total or story.loop != "none":
         actions.append(_edited(f"looped ({story.loop}) to {total / story.fps:g} s", looped))
-    if cycle_len > total and story.loop != "pingpong":
-        looped["trimmed"] = True
     report.step()
 
     used = sorted(set(order))  # frames of the cycle the story shows (a short story may not use them all)

@@ -1,10 +1,12 @@
-"""Inspect an MP4 without ffprobe.
+"""Inspect a video (MP4 or WebM) without ffprobe.
 
 imageio-ffmpeg bundles ``ffmpeg`` but no ``ffprobe``, so the stream facts come from the text that
-``ffmpeg -i`` prints, and the frame count from an actual decode (``-f null``), which also proves the
-file is readable end to end. Where the container layout matters (is ``moov`` before ``mdat`` so a
-player can start before the download ends? where is ``mdat`` so a test can flip a byte in it?) we
-walk the top-level ISO-BMFF boxes in Python: that is exact, and ffmpeg's log does not say it.
+``ffmpeg -i`` prints, the frame count from an actual decode (``-f null``), which also proves the
+file is readable end to end, and the audio duration from decoding the audio track and counting its
+samples (the container's duration is the longest stream's, and it rounds). Where the container
+layout matters (is ``moov`` before ``mdat`` so a player can start before the download ends? where is
+``mdat`` so a test can flip a byte in it?) we walk the top-level ISO-BMFF boxes in Python: that is
+exact, and ffmpeg's log does not say it.
 """
 
 from __future__ import annotations
@@ -103,6 +105,11 @@ _DURATION_RE = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)")
 _FPS_RE = re.compile(r"^([\d.]+)(k?) fps$")
 _PIX_FMT_RE = re.compile(r"^([a-z0-9_]+)(?:\((.*)\))?$")
+_RATE_RE = re.compile(r"^(\d+) Hz$")
+_CHANNELS_RE = re.compile(r"^(\d+) channels")
+# ffmpeg's names for the usual channel layouts (an optional "(side)" style suffix is dropped first).
+_LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "4.0": 4, "quad": 4,
+                    "4.1": 5, "5.0": 5, "5.1": 6, "6.0": 6, "6.1": 7, "7.0": 7, "7.1": 8}
 
 
 def _parse_video_description(desc: str) -> dict[str, Any]:
@@ -114,7 +121,9 @@ def _parse_video_description(desc: str) -> dict[str, Any]:
     codec = head.split(" ", 1)[0]
     profile = None
     for group in re.findall(r"\(([^()]*)\)", head):
-        if " / 0x" not in group:  # "(avc1 / 0x31637661)" is the codec tag, not the profile
+        # "(avc1 / 0x31637661)" is the codec tag and "(libdav1d)" the decoder ffmpeg chose, as in
+        # "av1 (libdav1d) (Main) (av01 / 0x31307661)": neither is the profile.
+        if " / 0x" not in group and not group.startswith("lib"):
             profile = group
             break
     info: dict[str, Any] = {"codec": codec, "profile": profile, "pix_fmt": None, "color": None,
@@ -133,24 +142,44 @@ def _parse_video_description(desc: str) -> dict[str, Any]:
     return info
 
 
+def _parse_audio_description(desc: str) -> dict[str, Any]:
+    """Read codec, sample rate and channels from e.g.
+    ``aac (LC) (mp4a / 0x6134706D), 48000 Hz, stereo, fltp, 128 kb/s`` or ``opus, 48000 Hz, 5.1(side), fltp``.
+    ``channels`` is None for a layout this table does not know (``channel_layout`` keeps the text).
+    """
+    parts = _split_top_level(desc)
+    info: dict[str, Any] = {"codec": parts[0].split(" ", 1)[0], "sample_rate": None, "channels": None,
+                            "channel_layout": None}
+    for part in parts[1:]:
+        rate = _RATE_RE.match(part)
+        count = _CHANNELS_RE.match(part)
+        if rate:
+            info["sample_rate"] = int(rate.group(1))
+        elif info["sample_rate"] is not None and info["channel_layout"] is None:  # the part after "Hz"
+            info["channel_layout"] = part
+            info["channels"] = int(count.group(1)) if count else _LAYOUT_CHANNELS.get(part.split("(", 1)[0])
+    return info
+
+
 def parse_ffmpeg_info(stderr: str) -> dict[str, Any]:
-    """Turn the input description ``ffmpeg -i`` prints into facts about the first video stream."""
+    """Turn the input description ``ffmpeg -i`` prints into facts about the first video stream and
+    the first audio stream (``None`` where the file has no such stream)."""
     input_section = stderr.split("Stream mapping:", 1)[0]  # ignore the description of the output
     video: dict[str, Any] | None = None
-    has_audio = False
+    audio: dict[str, Any] | None = None
     for line in input_section.splitlines():
         match = _STREAM_RE.match(line)
         if not match:
             continue
-        if match.group(1) == "Audio":
-            has_audio = True
+        if match.group(1) == "Audio" and audio is None:
+            audio = _parse_audio_description(match.group(2))
         elif match.group(1) == "Video" and video is None:
             video = _parse_video_description(match.group(2))
     duration = None
     dur = _DURATION_RE.search(input_section)
     if dur:
         duration = int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3))
-    return {"video": video, "has_audio": has_audio, "duration": duration}
+    return {"video": video, "audio": audio, "has_audio": audio is not None, "duration": duration}
 
 
 def _tail(text: str, lines: int = 20) -> str:
@@ -159,11 +188,13 @@ def _tail(text: str, lines: int = 20) -> str:
 
 def probe_video(path: str | Path, timeout_s: float = DEFAULT_PROBE_TIMEOUT_S) -> dict[str, Any]:
     """Describe a video file: codec, profile, pix_fmt, width, height, fps, frames, duration,
-    has_audio, moov_before_mdat (plus color, the pix_fmt's detail, and bytes).
+    has_audio, audio, moov_before_mdat (plus color, the pix_fmt's detail, and bytes).
 
     ``frames`` is counted by decoding the first video stream completely, so a file that probes
-    fine here is playable to its last frame by ffmpeg. Unreadable files raise ``EncodeFailed``
-    (code ``unreadable_video``) with ffmpeg's own words.
+    fine here is playable to its last frame by ffmpeg. ``audio`` is None without an audio track,
+    else ``{codec, sample_rate, channels, channel_layout, duration}`` with ``duration`` counted from
+    the decoded samples (encoder priming and padding already trimmed, as a player plays it).
+    Unreadable files raise ``EncodeFailed`` (code ``unreadable_video``) with ffmpeg's own words.
     """
     path = Path(path)
     if not path.is_file():
@@ -184,6 +215,9 @@ def probe_video(path: str | Path, timeout_s: float = DEFAULT_PROBE_TIMEOUT_S) ->
             code="unreadable_video",
             details={"stderr_tail": _tail(stderr), "returncode": done.returncode},
         )
+    audio = facts["audio"]
+    if audio is not None:
+        audio = {**audio, "duration": _decoded_audio_seconds(path, audio["sample_rate"], timeout_s)}
     try:
         faststart = moov_before_mdat(path)
     except EncodeFailed:
@@ -193,9 +227,28 @@ def probe_video(path: str | Path, timeout_s: float = DEFAULT_PROBE_TIMEOUT_S) ->
         "frames": frames[-1],
         "duration": facts["duration"],
         "has_audio": facts["has_audio"],
+        "audio": audio,
         "moov_before_mdat": faststart,
         "bytes": path.stat().st_size,
     }
+
+
+def _decoded_audio_seconds(path: Path, sample_rate: int | None, timeout_s: float) -> float:
+    """Decode the first audio stream to mono 16-bit PCM at its own rate and count the samples."""
+    if not sample_rate:
+        raise EncodeFailed(f"{path}: the audio stream's sample rate is not stated", code="unreadable_video")
+    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
+               "-map", "0:a:0", "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-"]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise EncodeFailed(f"decoding the audio of {path} took longer than {timeout_s} s",
+                           code="probe_timeout") from exc
+    if done.returncode != 0:
+        stderr = done.stderr.decode("utf-8", "replace")
+        raise EncodeFailed(f"the audio track of {path} does not decode; ffmpeg said:\n{_tail(stderr)}",
+                           code="unreadable_video", details={"stderr_tail": _tail(stderr)})
+    return len(done.stdout) / 2 / sample_rate
 
 
 def decode_frames(path: str | Path, width: int, height: int,

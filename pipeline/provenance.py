@@ -537,6 +537,7 @@ class VerifyReport:
     manifest_label: str | None = None
     failure_codes: list[str] = dataclasses.field(default_factory=list)
     detail: str | None = None
+    actions: list[dict] = dataclasses.field(default_factory=list)  # [{action, description}] as signed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -620,7 +621,21 @@ def _report_from_store(store: dict) -> VerifyReport:
         ai_generated=source_type in _AI_SOURCE_TYPES,
         manifest_label=label,
         failure_codes=failures,
+        actions=_actions(manifest),
     )
+
+
+def _actions(manifest: dict) -> list[dict]:
+    """Every action the manifest lists, with its description: what was done to the asset, in order."""
+    found = []
+    for assertion in manifest.get("assertions", []):
+        if str(assertion.get("label", "")).startswith("c2pa.actions"):
+            for action in (assertion.get("data") or {}).get("actions", []):
+                description = (action.get("parameters") or {}).get("description")
+                found.append({"action": action.get("action"), "description": description,
+                              **({"digitalSourceType": action["digitalSourceType"]}
+                                 if action.get("digitalSourceType") else {})})
+    return found
 
 
 def _status_codes(store: dict) -> tuple[list[str], list[str]]:

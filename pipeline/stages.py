@@ -17,11 +17,14 @@ import numpy as np
 from PIL import Image
 
 import pipeline
+from pipeline.audio import render_track
 from pipeline.encode import EncodedVideo, encode_mp4, write_poster
 from pipeline.engines import Clip, GenerationOptions, get_engine
 from pipeline.finish import Finished
 from pipeline.finish import finish as finish_clip
+from pipeline.frame import fit_to_size, generation_size_for
 from pipeline.intake import IntakeResult, load_image
+from pipeline.previews import write_webp_preview
 from pipeline.provenance import ALGORITHMIC_MEDIA, LabelInfo, load_credentials, sign_video, verify
 from pipeline.settings import Settings
 
@@ -85,7 +88,6 @@ class Generated:
 def generation_options(image: Image.Image, options: GenerationOptions, settings: Settings) -> GenerationOptions:
     """Fill in the generation size: the caller's, else the configured preset, else the engine's;
     ``fit-generate`` then turns it to the shape nearest the photo's (landscape, square, portrait)."""
-    from pipeline.frame import generation_size_for  # TEMP-LAZY
     engine = get_engine(settings)
     if options.width is None and options.height is None and settings.frame.generation_size != "engine":
         width, height = GENERATION_SIZES[settings.frame.generation_size]
@@ -100,7 +102,6 @@ def generation_options(image: Image.Image, options: GenerationOptions, settings:
 def generate(image: Image.Image, options: GenerationOptions, settings: Settings,
              progress: StepProgress | None = None) -> Generated:
     """Frame the photo to the generation size and animate it with the configured engine."""
-    from pipeline.frame import fit_to_size  # TEMP-LAZY
     engine = get_engine(settings)
     options = generation_options(image, options, settings)
     frame = settings.frame
@@ -144,8 +145,6 @@ def encode(story: Finished, video: Path, poster: Path, preview: Path, settings: 
            audio_file: Path | None = None, progress: StepProgress | None = None) -> Encoded:
     """Story frames -> unsigned video with its sound track (not yet where users look), the poster JPEG
     (the best frame) and a small looping WebP preview."""
-    from pipeline.audio import render_track  # TEMP-LAZY
-    from pipeline.previews import write_webp_preview  # TEMP-LAZY
 
     actions: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix=".audio-", dir=video.parent) as work:

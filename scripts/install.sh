@@ -28,6 +28,12 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 
+# opencv-python-headless and opencv-contrib-python-headless write the same cv2/ folder: an older venv
+# with the plain build must lose it before the contrib build (which alive needs) goes in
+if "${PIP[@]}" show -q opencv-python-headless >/dev/null 2>&1; then
+  "${PIP[@]}" uninstall -q -y opencv-python-headless
+fi
+
 echo "installing alive$EXTRAS"
 "${PIP[@]}" install -q -e ".$EXTRAS"
 "$VENV/bin/python" -c "import pipeline, moderation, torch; print('alive', pipeline.__version__, '| torch', torch.__version__)"

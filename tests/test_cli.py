@@ -46,7 +46,7 @@ def test_animate_json_output(run, tmp_path, sample_photo):
     result = run("animate", sample_photo, "-o", tmp_path / "j.mp4", "--json", *SMALL)
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["seed"] == 3 and doc["outputs"]["frames"] == 6
+    assert doc["seed"] == 3 and doc["options"]["num_frames"] == 6 and doc["outputs"]["frames"] == 12
 
 
 def test_verify_unsigned_file_exits_1(run, tmp_path):

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import sys
+import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.encode import EncodedVideo, build_command, encode_mp4, mp4_top_level_boxes, probe_video, write_poster
+from pipeline.encode import (EncodedVideo, build_command, encode_mp4, mp4_top_level_boxes, nvenc_problem, probe_video,
+                             write_poster)
 from pipeline.errors import ConfigError, EncodeFailed
 from pipeline.probe import decode_frames, parse_ffmpeg_info
 from pipeline.settings import EncodeSettings
@@ -179,10 +181,7 @@ def test_bad_fps_raises_config_error(tmp_path, fps):
 @needs_proc
 @pytest.mark.parametrize(
     ("settings", "stderr_words"),
-    [
-        (EncodeSettings(codec="nonexistent_codec"), "nonexistent_codec"),
-        (EncodeSettings(preset="no_such_preset"), "no_such_preset"),
-    ],
+    [(EncodeSettings(profile="no_such_profile"), "no_such_profile")],  # the profile is x264's to judge
 )
 def test_ffmpeg_failure_reports_command_and_stderr_and_leaves_old_file(tmp_path, settings, stderr_words):
     out = tmp_path / "clip.mp4"
@@ -347,6 +346,183 @@ Stream mapping:
     assert info["video"] == {"codec": "h264", "profile": "Main", "pix_fmt": "yuv420p",
                              "color": "tv, bt709, progressive", "width": 576, "height": 1024, "fps": 1000.0}
     assert info["has_audio"] is True
+    assert info["audio"] == {"codec": "aac", "sample_rate": 48000, "channels": 2, "channel_layout": "stereo"}
     assert info["duration"] == pytest.approx(62.5)
     raw = parse_ffmpeg_info("  Stream #0:0: Video: rawvideo (RGB[24] / 0x18424752), rgb24, 64x112, 24 fps\n")
     assert raw["video"]["profile"] is None and raw["video"]["pix_fmt"] == "rgb24"
+    assert raw["audio"] is None and raw["has_audio"] is False
+    av1 = parse_ffmpeg_info("  Stream #0:0: Video: av1 (libdav1d) (Main), yuv420p(tv, progressive), 64x112, 24 fps\n"
+                            "  Stream #0:1: Audio: opus, 48000 Hz, 5.1(side), fltp\n"
+                            "  Stream #0:2: Audio: pcm_s16le ([1][0][0][0] / 0x0001), 44100 Hz, 3 channels, s16\n")
+    assert av1["video"]["profile"] == "Main"  # the decoder's name is not the profile
+    assert av1["audio"] == {"codec": "opus", "sample_rate": 48000, "channels": 6, "channel_layout": "5.1(side)"}
+
+
+# --- codecs, containers and the sound track ---------------------------------------------------
+
+
+def sine_wav(path: Path, seconds: float, rate: int = 48000) -> Path:
+    """A stereo 16-bit WAV: 440 Hz left, 660 Hz right."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    pcm = np.rint(np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)], axis=1) * 0.3 * 32767)
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm.astype("<i2").tobytes())
+    return path
+
+
+# (codec, crf, stream codec and profile as ffmpeg names them, a sample entry the MP4 must carry)
+CPU_CODECS = [
+    ("libx264", 18, "h264", "High", b"avc1"),
+    ("libx265", 20, "hevc", "Main", b"hvc1"),  # hvc1, not ffmpeg's default hev1: Apple players need it
+    ("libsvtav1", 30, "av1", "Main", b"av01"),
+    ("libvpx-vp9", 30, "vp9", "Profile 0", b"vp09"),
+]
+
+
+@needs_proc
+@pytest.mark.parametrize(("codec", "crf", "name", "profile", "entry"), CPU_CODECS, ids=[c[0] for c in CPU_CODECS])
+def test_each_cpu_codec_round_trips_with_sound(tmp_path, codec, crf, name, profile, entry):
+    frames = gradient_frames(12)
+    track = sine_wav(tmp_path / "track.wav", 12 / 24)
+    out = tmp_path / "clip.mp4"
+    result = encode_mp4(frames, out, fps=24, settings=EncodeSettings(codec=codec, crf=crf, preset="veryfast"),
+                        audio=track)
+    assert (result.codec, result.profile, result.pix_fmt, result.container) == (name, profile, "yuv420p", "mp4")
+    assert result.audio == {"codec": "aac", "sample_rate": 48000, "channels": 2, "channel_layout": "stereo",
+                            "duration": pytest.approx(0.5, abs=0.001)}
+    facts = probe_video(out)
+    assert facts["frames"] == 12 and facts["moov_before_mdat"] is True and facts["has_audio"] is True
+    assert entry in out.read_bytes()[:200_000]
+    decoded = decode_frames(out, W, H)
+    assert np.abs(decoded.astype(np.int16) - frames).mean() < 4.0
+    assert leftovers(tmp_path) == [] and ffmpeg_children() == []
+
+
+def test_webm_suffix_gives_vp9_and_opus_with_the_index_first(tmp_path):
+    track = sine_wav(tmp_path / "track.wav", 8 / 24, rate=44100)  # Opus runs at 48 kHz: ffmpeg resamples
+    out = tmp_path / "clip.webm"
+    result = encode_mp4(gradient_frames(8), out, 24, EncodeSettings(codec="libvpx-vp9", crf=32, preset="ultrafast"),
+                        audio=track, audio_codec="aac")  # AAC cannot go in WebM: Opus it is
+    assert (result.container, result.codec, result.profile) == ("webm", "vp9", "Profile 0")
+    assert result.audio["codec"] == "opus" and result.audio["sample_rate"] == 48000
+    assert result.audio["duration"] == pytest.approx(8 / 24, abs=0.001)
+    data = out.read_bytes()
+    assert data[:4] == b"\x1a\x45\xdf\xa3" and b"webm" in data[:64]  # EBML header, DocType webm
+    cues, cluster = data.find(b"\x1c\x53\xbb\x6b"), data.find(b"\x1f\x43\xb6\x75")
+    assert 0 < cues < cluster  # the index before the first cluster: playback can seek at once
+    assert leftovers(tmp_path) == []
+
+
+def test_opus_in_mp4_and_44k_aac_keep_their_lengths(tmp_path):
+    track = sine_wav(tmp_path / "t.wav", 10 / 24, rate=44100)
+    opus = encode_mp4(gradient_frames(10), tmp_path / "o.mp4", 24, FAST, audio=track, audio_codec="opus",
+                      audio_bitrate="64k")
+    # Opus codes 20 ms frames and MP4 keeps the last one whole (WebM trims it): within one frame
+    assert opus.audio["codec"] == "opus" and opus.audio["duration"] == pytest.approx(10 / 24, abs=0.021)
+    aac = encode_mp4(gradient_frames(10), tmp_path / "a.mp4", 24, FAST, audio=track, audio_bitrate="96k")
+    assert aac.audio["sample_rate"] == 44100 and aac.audio["duration"] == pytest.approx(10 / 24, abs=0.001)
+
+
+@pytest.mark.parametrize(
+    ("settings", "suffix", "code", "words"),
+    [
+        (EncodeSettings(codec="libx264", crf=52), ".mp4", "bad_crf", "0..51"),
+        (EncodeSettings(codec="libx265", crf=60), ".mp4", "bad_crf", "0..51"),
+        (EncodeSettings(codec="libsvtav1", crf=0), ".mp4", "bad_crf", "1..63"),
+        (EncodeSettings(codec="libsvtav1", crf=63, preset="12"), ".mp4", None, None),  # native presets pass
+        (EncodeSettings(codec="libvpx-vp9", crf=63, preset="9"), ".mp4", "bad_preset", "no_such|0..5"),
+        (EncodeSettings(codec="nonexistent_codec"), ".mp4", "bad_codec", "libx264, libx265"),
+        (EncodeSettings(preset="no_such_preset"), ".mp4", "bad_preset", "ultrafast"),
+        (EncodeSettings(codec="libx264"), ".webm", "bad_container", "WebM holds VP9 or AV1"),
+        (EncodeSettings(maxrate="fast"), ".mp4", "bad_bitrate", "8M"),
+    ],
+)
+def test_codec_settings_are_checked_before_ffmpeg_runs(tmp_path, settings, suffix, code, words):
+    out = tmp_path / f"x{suffix}"
+    if code is None:
+        assert encode_mp4(gradient_frames(2), out, 24, settings).frames == 2
+        return
+    with pytest.raises(ConfigError, match=words) as info:
+        encode_mp4(gradient_frames(2), out, 24, settings)
+    assert info.value.code == code
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nvenc_without_a_usable_gpu_says_so(tmp_path):
+    if nvenc_problem() is None:
+        pytest.skip("this machine can encode with NVENC")
+    with pytest.raises(ConfigError) as info:
+        encode_mp4(gradient_frames(2), tmp_path / "x.mp4", 24, EncodeSettings(codec="h264_nvenc", crf=23))
+    assert info.value.code == "encoder_unavailable"
+    assert "NVIDIA GPU" in info.value.message and "libx264" in info.value.message
+    assert nvenc_problem() in info.value.message  # ffmpeg's reason, e.g. "Cannot load libcuda.so.1"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nvenc_command_maps_crf_to_cq_and_preset_to_p_levels(tmp_path):
+    from fractions import Fraction
+
+    cmd = " ".join(build_command(64, 64, Fraction(30), EncodeSettings(codec="h264_nvenc", crf=23, preset="slow"),
+                                 tmp_path / "x.mp4"))
+    assert "-c:v h264_nvenc -preset p6" in cmd and "-rc vbr -cq 23 -b:v 0" in cmd and "-crf" not in cmd
+
+
+def test_maxrate_sets_a_buffer_of_twice_the_rate(tmp_path):
+    from fractions import Fraction
+
+    for codec in ("libx264", "libx265", "libsvtav1", "libvpx-vp9"):
+        cmd = " ".join(build_command(64, 64, Fraction(30), EncodeSettings(codec=codec, crf=30, maxrate="2.5M"),
+                                     tmp_path / "x.mp4"))
+        assert "-maxrate 2.5M -bufsize 5000000" in cmd
+    vp9 = build_command(64, 64, Fraction(30), EncodeSettings(codec="libvpx-vp9", crf=30), tmp_path / "x.mp4")
+    assert " ".join(vp9).count("-b:v 0") == 1  # constant quality without a cap...
+    capped = build_command(64, 64, Fraction(30), EncodeSettings(codec="libvpx-vp9", crf=30, maxrate="1M"),
+                           tmp_path / "x.mp4")
+    assert "-crf 30 -b:v 1M" in " ".join(capped)  # ...constrained quality with one
+
+
+@needs_proc
+def test_over_max_bytes_is_too_large_and_leaves_no_file(tmp_path):
+    out = tmp_path / "big.mp4"
+    with pytest.raises(EncodeFailed) as info:
+        encode_mp4(noise_frames(4, 128, 128), out, 24, EncodeSettings(preset="ultrafast", max_bytes=20_000))
+    err = info.value
+    assert err.code == "too_large"
+    assert "20,000 bytes" in err.message and "encode.crf" in err.message and "encode.maxrate" in err.message
+    assert err.details["bytes"] > err.details["max_bytes"] == 20_000
+    assert list(tmp_path.iterdir()) == [] and ffmpeg_children() == []
+    # the same clip within the limit is written
+    assert encode_mp4(noise_frames(4, 128, 128), out, 24, EncodeSettings(preset="ultrafast",
+                                                                          max_bytes=10_000_000)).bytes > 20_000
+
+
+def test_audio_that_does_not_fit_the_video_is_refused(tmp_path):
+    (tmp_path / "notes.wav").write_text("not a wav")
+    for track, words in [(sine_wav(tmp_path / "long.wav", 2.0), "the video is 0.333 s"),
+                         (tmp_path / "notes.wav", "not a readable PCM WAV"),
+                         (tmp_path / "missing.wav", "not a readable PCM WAV")]:
+        with pytest.raises(ConfigError, match=words) as info:
+            encode_mp4(gradient_frames(8), tmp_path / "x.mp4", 24, FAST, audio=track)
+        assert info.value.code == "bad_audio"
+    with pytest.raises(ConfigError) as info:
+        encode_mp4(gradient_frames(8), tmp_path / "x.mp4", 24, FAST, audio=sine_wav(tmp_path / "ok.wav", 8 / 24),
+                   audio_codec="mp3")
+    assert info.value.code == "bad_audio_codec"
+    assert not (tmp_path / "x.mp4").exists() and leftovers(tmp_path) == []
+
+
+def test_a_muxed_track_of_the_wrong_length_or_presence_is_a_mismatch(tmp_path):
+    from pipeline.encode import _AudioMux, _check_muxed_audio
+
+    track = _AudioMux(tmp_path / "t.wav", 2.0, 48000, 2, "aac", "128k")
+    muxed = {"codec": "aac", "sample_rate": 48000, "channels": 2, "channel_layout": "stereo", "duration": 2.0}
+    _check_muxed_audio({"audio": muxed}, track, ["ffmpeg"])  # fits
+    _check_muxed_audio({"audio": None}, None, ["ffmpeg"])
+    for facts, asked in [({"audio": {**muxed, "duration": 1.9}}, track), ({"audio": {**muxed, "channels": 1}}, track),
+                         ({"audio": None}, track), ({"audio": muxed}, None)]:
+        with pytest.raises(EncodeFailed) as info:
+            _check_muxed_audio(facts, asked, ["ffmpeg"])
+        assert info.value.code == "encode_mismatch"

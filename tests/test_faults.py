@@ -72,7 +72,7 @@ QUICK_REDELIVERY = {
     "ALIVE_WORKER__CPU_TIME_LIMIT_S": 55,
     "ALIVE_WORKER__CPU_SOFT_TIME_LIMIT_S": 50,
 }
-OUTPUT_FILES = ["job.json", "poster.jpg", "report.json", "story.mp4"]
+OUTPUT_FILES = ["job.json", "poster.jpg", "preview.webp", "report.json", "story.mp4"]
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 

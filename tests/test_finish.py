@@ -11,9 +11,9 @@ from pipeline.finish import StoryOptions, crossfade_cycle, finish, loop_order, s
 from pipeline.settings import load_settings
 
 
-def ramp(count: int, size=(16, 8)) -> np.ndarray:
-    """Frames whose value is their index * 10: easy to read back."""
-    return np.stack([np.full((*size, 3), i * 10, np.uint8) for i in range(count)])
+def ramp(count: int, size=(16, 8), step: int = 10) -> np.ndarray:
+    """Frames whose value is their index * step: easy to read back."""
+    return np.stack([np.full((*size, 3), i * step, np.uint8) for i in range(count)])
 
 
 def test_pingpong_does_not_repeat_the_turn_around_frames():
@@ -79,3 +79,15 @@ def test_finish_makes_the_story_frames(settings):
     kinds = [a["action"] for a in done.actions]
     assert kinds.count("c2pa.edited") == 3 and "c2pa.resized" in kinds  # fps, loop, label; resize
     assert all(isinstance(a["parameters"]["description"], str) for a in done.actions)
+
+
+def test_long_clip_pingpong_turns_within_the_story(settings):
+    """A 4 s motion-engine-like clip in a 1 s story: only the frames shown are interpolated, and the
+    pingpong turns inside the story so that a player's repeat is seamless."""
+    clip = ramp(96, size=(128, 72), step=2)
+    done = finish(clip, 24.0, settings)
+    assert len(done.frames) == 12 and done.record["retime"]["frames_out"] == 7
+    assert done.record["retime"]["frames_in"] == 14 and done.record["loop"]["cycle_frames"] == 12
+    # frame values run up and back down: the last frame is next to the first in the cycle
+    probe = [int(f[5, 5, 0]) for f in done.frames]
+    assert probe.index(max(probe)) == 6 and abs(probe[-1] - probe[0]) <= abs(probe[1] - probe[0]) + 1

@@ -22,11 +22,12 @@ def test_motion_story_end_to_end(tmp_path, settings, sample_photo):
     seen = []
     result = animate(sample_photo, out, settings, GenerationOptions.build(seed=5, num_frames=12, **STORY),
                      prompt="a gentle breeze", progress=lambda s, d, t: seen.append(s))
-    _only_outputs(tmp_path, ["story.mp4", "story.jpg", "story.json"])
-    facts = probe_video(out)
-    assert (facts["codec"], facts["pix_fmt"], facts["width"], facts["height"]) == ("h264", "yuv420p", 72, 128)
-    assert facts["profile"] == "High" and facts["frames"] == 12 and facts["fps"] == pytest.approx(24)
+    _only_outputs(tmp_path, ["story.mp4", "story.jpg", "story.webp", "story.json"])
+    facts = probe_video(out)  # the suite's small story (conftest): 144x256, 12 fps, 1 s
+    assert (facts["codec"], facts["pix_fmt"], facts["width"], facts["height"]) == ("h264", "yuv420p", 144, 256)
+    assert facts["profile"] == "High" and facts["frames"] == 12 and facts["fps"] == pytest.approx(12)
     assert facts["moov_before_mdat"]
+    assert facts["audio"]["codec"] == "aac" and facts["audio"]["duration"] == pytest.approx(1.0, abs=0.05)
 
     checked = verify(out, (settings.dev_credentials_dir / "root.pem").read_bytes())
     assert checked.state == "Trusted" and checked.ai_generated
@@ -41,6 +42,12 @@ def test_motion_story_end_to_end(tmp_path, settings, sample_photo):
     assert report["framing"]["strategy"] == "pad" and report["changes"]  # the square photo was padded, and said so
     assert {"prompt", "image", "video"} <= set(report["moderation"])
     assert report["options"]["seed"] == 5 and report["options"]["num_frames"] == 12
+    assert report["finish"]["retime"]["from_fps"] == 24 and report["finish"]["loop"]["mode"] == "pingpong"
+    assert report["audio"]["kind"] == "silent" and report["outputs"]["preview"].endswith("story.webp")
+    signed = [a["action"] for a in checked.actions]  # what the label, read back from the file, says was done
+    assert signed == ["c2pa.created", "c2pa.edited", "c2pa.edited", "c2pa.resized", "c2pa.edited", "c2pa.edited",
+                      "c2pa.transcoded"], checked.actions
+    assert any("AI-generated" in (a["description"] or "") for a in checked.actions)
     assert "violence" in report["moderation"]["image"]["unchecked"]
     assert report["c2pa"]["verification"]["state"] == "Trusted"
     assert report["source_retained"] is False
@@ -54,7 +61,8 @@ def test_tiny_engine_story(tmp_path, settings, sample_photo):
     report = result.report
     assert report["engine"]["engine"] == "tiny" and report["engine"]["model"] == "local:tiny-svd-v2"
     assert any("noise" in n for n in report["notes"])
-    assert report["outputs"]["frames"] == 4 and report["outputs"]["fps"] == 7
+    assert report["options"]["num_frames"] == 4 and report["options"]["fps"] == 7
+    assert report["outputs"]["frames"] == 12 and report["outputs"]["fps"] == 12  # the story, retimed and looped
     checked = verify(out, (s.dev_credentials_dir / "root.pem").read_bytes())
     assert checked.state == "Trusted" and "tiny" in checked.software_agent
 
@@ -69,10 +77,10 @@ def test_blocked_photo_writes_nothing(tmp_path, settings, sample_photo):
 
 
 def test_encode_failure_leaves_nothing(tmp_path, settings, sample_photo):
-    s = settings.model_copy(update={"encode": settings.encode.model_copy(update={"codec": "no_such_codec"})})
-    with pytest.raises(EncodeFailed) as info:
+    s = settings.model_copy(update={"encode": settings.encode.model_copy(update={"profile": "no_such_profile"})})
+    with pytest.raises(EncodeFailed) as info:  # ffmpeg itself refuses: a real encoder failure
         animate(sample_photo, tmp_path / "story.mp4", s, GenerationOptions.build(num_frames=4, **STORY))
-    assert "no_such_codec" in str(info.value)
+    assert "no_such_profile" in str(info.value)
     _only_outputs(tmp_path, [])
 
 
@@ -92,4 +100,4 @@ def test_existing_output_is_replaced_whole(tmp_path, settings, sample_photo):
     out.write_bytes(b"old")
     animate(sample_photo, out, settings, GenerationOptions.build(seed=2, num_frames=4, **STORY))
     assert out.stat().st_size > 1000
-    _only_outputs(tmp_path, ["story.mp4", "story.jpg", "story.json"])
+    _only_outputs(tmp_path, ["story.mp4", "story.jpg", "story.webp", "story.json"])

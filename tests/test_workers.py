@@ -92,7 +92,7 @@ def test_duplicate_delivery_of_finished_tasks_is_a_no_op(cluster, sample_photo):
     assert (video.stat().st_ino, video.stat().st_mtime_ns) == before[:2]
     assert jobs.load(job_id).status == "succeeded"
     assert sorted(p.name for p in video.parent.iterdir() if not p.name.startswith(".")) == [
-        "job.json", "poster.jpg", "report.json", "story.mp4"]
+        "job.json", "poster.jpg", "preview.webp", "report.json", "story.mp4"]
 
 
 def test_submit_to_a_dead_broker_fails_cleanly_and_leaves_nothing(tmp_path, data_dir, sample_photo):
