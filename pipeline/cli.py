@@ -41,6 +41,15 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 _state: dict[str, Any] = {"debug": False}
 
+# Story options shared by animate, submit and batch (one definition, one help text)
+PRESET_OPTION = typer.Option(None, "--preset", "-p", help="Platform preset: tiktok, reels, shorts, whatsapp-status.")
+STORY_FPS_OPTION = typer.Option(None, "--fps", help="Story frame rate; the clip is interpolated up to it [30].")
+DURATION_OPTION = typer.Option(None, "--duration", help="Story length in seconds, reached by looping (never by slowing frames) [4].")
+LOOP_OPTION = typer.Option(None, "--loop", help="none, pingpong or crossfade [pingpong].")
+LANGUAGE_OPTION = typer.Option(None, "--language", help="Language of the visible AI label: en, id, es, pt, fr, de [en].")
+AMBIENCE_OPTION = typer.Option(None, "--ambience", help="Procedural sound: waves, wind, rain, room [silent track].")
+AUDIO_OPTION = typer.Option(None, "--audio", help="Sound file mixed in, trimmed and faded to the story length.")
+
 
 def _print_version(value: bool) -> None:
     if value:
@@ -110,13 +119,13 @@ def animate(
     max_guidance: Optional[float] = typer.Option(None, "--max-guidance", help="svd: guidance at the last frame [3.0]."),
     framing: Optional[str] = typer.Option(None, "--framing", help="auto, crop, pad or fit-generate [auto]."),
     focus: Optional[str] = typer.Option(None, "--focus", help="Where a crop centres: centre, saliency, face [centre]."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Platform preset: tiktok, reels, shorts, whatsapp-status."),
-    fps: Optional[int] = typer.Option(None, "--fps", help="Story frame rate; the clip is interpolated up to it [30]."),
-    duration: Optional[float] = typer.Option(None, "--duration", help="Story length in seconds, reached by looping [4]."),
-    loop: Optional[str] = typer.Option(None, "--loop", help="none, pingpong or crossfade [pingpong]."),
-    language: Optional[str] = typer.Option(None, "--language", help="Language of the visible AI label: en, id, ... [en]."),
-    audio: Optional[Path] = typer.Option(None, "--audio", help="Sound file mixed in, trimmed and faded to the length."),
-    ambience: Optional[str] = typer.Option(None, "--ambience", help="Procedural sound: waves, wind, rain, room."),
+    preset: Optional[str] = PRESET_OPTION,
+    fps: Optional[int] = STORY_FPS_OPTION,
+    duration: Optional[float] = DURATION_OPTION,
+    loop: Optional[str] = LOOP_OPTION,
+    language: Optional[str] = LANGUAGE_OPTION,
+    audio: Optional[Path] = AUDIO_OPTION,
+    ambience: Optional[str] = AMBIENCE_OPTION,
     codec: Optional[str] = typer.Option(None, "--codec", help="libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc [libx264]."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Optional text; moderated and kept in the report."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file (see configs/default.yaml)."),
@@ -345,13 +354,13 @@ def submit(
     steps: Optional[int] = typer.Option(None, "--steps"),
     gen_fps: Optional[int] = typer.Option(None, "--gen-fps", help="Frame rate of the generated clip."),
     motion: Optional[int] = typer.Option(None, "--motion"),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Platform preset: tiktok, reels, shorts, whatsapp-status."),
-    story_fps: Optional[int] = typer.Option(None, "--fps", help="Story frame rate [30]."),
-    duration: Optional[float] = typer.Option(None, "--duration", help="Story length in seconds [4]."),
-    loop: Optional[str] = typer.Option(None, "--loop", help="none, pingpong or crossfade [pingpong]."),
-    language: Optional[str] = typer.Option(None, "--language", help="Language of the visible AI label [en]."),
-    ambience: Optional[str] = typer.Option(None, "--ambience", help="Procedural sound: waves, wind, rain, room."),
-    audio: Optional[Path] = typer.Option(None, "--audio", help="Sound file mixed in (stored with the job)."),
+    preset: Optional[str] = PRESET_OPTION,
+    story_fps: Optional[int] = STORY_FPS_OPTION,
+    duration: Optional[float] = DURATION_OPTION,
+    loop: Optional[str] = LOOP_OPTION,
+    language: Optional[str] = LANGUAGE_OPTION,
+    ambience: Optional[str] = AMBIENCE_OPTION,
+    audio: Optional[Path] = AUDIO_OPTION,
     prompt: Optional[str] = typer.Option(None, "--prompt"),
     wait_: bool = typer.Option(False, "--wait", help="Wait for the job and print where its files are "
                                "(starting local workers for it when none answer)."),
@@ -435,12 +444,12 @@ def batch(
     steps: Optional[int] = typer.Option(None, "--steps"),
     width: Optional[int] = typer.Option(None, "--width"),
     height: Optional[int] = typer.Option(None, "--height"),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Platform preset: tiktok, reels, shorts, whatsapp-status."),
-    story_fps: Optional[int] = typer.Option(None, "--fps", help="Story frame rate [30]."),
-    duration: Optional[float] = typer.Option(None, "--duration", help="Story length in seconds [4]."),
-    loop: Optional[str] = typer.Option(None, "--loop", help="none, pingpong or crossfade [pingpong]."),
-    language: Optional[str] = typer.Option(None, "--language", help="Language of the visible AI label [en]."),
-    ambience: Optional[str] = typer.Option(None, "--ambience", help="Procedural sound: waves, wind, rain, room."),
+    preset: Optional[str] = PRESET_OPTION,
+    story_fps: Optional[int] = STORY_FPS_OPTION,
+    duration: Optional[float] = DURATION_OPTION,
+    loop: Optional[str] = LOOP_OPTION,
+    language: Optional[str] = LANGUAGE_OPTION,
+    ambience: Optional[str] = AMBIENCE_OPTION,
     prompt: Optional[str] = typer.Option(None, "--prompt"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up waiting after this many seconds."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),

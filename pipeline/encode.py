@@ -197,6 +197,12 @@ def _container_for(out_path: Path) -> str:
     return "webm" if out_path.suffix.lower() == ".webm" else "mp4"
 
 
+def check_encoder(settings: EncodeSettings, out_path: str | Path) -> None:
+    """Raise ConfigError now if these settings cannot encode to ``out_path`` (codec, container, crf,
+    preset, bitrate, NVENC present): callers check before hours of generation, not after."""
+    _check_codec(settings, _container_for(Path(out_path)))
+
+
 def _check_codec(settings: EncodeSettings, container: str) -> None:
     codec = CODECS.get(settings.codec)
     if codec is None:

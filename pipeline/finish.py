@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.encode import check_encoder
 from pipeline.errors import ConfigError
 from pipeline.frame import fit_clip_to_story
 from pipeline.interpolate import retime
@@ -254,9 +256,9 @@ VIDEO_SUFFIXES = {".mp4": "MP4"}
 manifest in Matroska/WebM, and alive never hands out an unlabelled video (VP9 goes into MP4)."""
 
 
-def check_output_name(output, settings: Settings) -> None:
-    """Refuse an output name whose container alive cannot label, before any work is done."""
-    suffix = output.suffix.lower()
-    if suffix not in VIDEO_SUFFIXES:
+def check_output_name(output: Path, settings: Settings) -> None:
+    """Refuse, before any work is done, an output alive cannot label or an encoder it cannot run."""
+    if output.suffix.lower() not in VIDEO_SUFFIXES:
         raise ConfigError(f"cannot write {output.name}: stories are written as MP4 (with the C2PA label "
                           f"embedded); name the output *.mp4", code="bad_output_name")
+    check_encoder(settings.encode, output)

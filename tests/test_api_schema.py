@@ -44,6 +44,7 @@ OPERATIONS = [
     ("DELETE", "/v1/animations/{job_id}"),
     ("GET", "/v1/animations/{job_id}/video"),
     ("GET", "/v1/animations/{job_id}/poster"),
+    ("GET", "/v1/animations/{job_id}/preview"),
     ("POST", "/v1/animations/{job_id}/share"),
     ("POST", "/v1/animations/{job_id}/reports"),
     ("GET", "/s/{token}"),

@@ -318,7 +318,9 @@ def test_killed_gpu_worker_and_broker_restart_mid_task_both_come_back_after_the_
 
 def test_cpu_pool_child_killed_mid_encode_is_requeued_at_once_and_leaves_no_ffmpeg(make_cluster, sample_photo):
     """Default visibility timeout (15 min): the prefork parent requeues its dead child's task itself."""
-    env = make_cluster(ALIVE_ENCODE__PRESET="veryslow")
+    # a story big enough (576x1024, 48 frames, veryslow) that ffmpeg is still running when the child dies
+    env = make_cluster(ALIVE_ENCODE__PRESET="veryslow", ALIVE_STORY__WIDTH="576", ALIVE_STORY__HEIGHT="1024",
+                       ALIVE_STORY__FPS="24", ALIVE_STORY__DURATION_S="2")
     jobs = jobs_of(env)
     cpu = env.start_worker("cpu", name="cpu")
     env.start_worker("gpu", name="gpu")
@@ -340,7 +342,7 @@ def test_cpu_pool_child_killed_mid_encode_is_requeued_at_once_and_leaves_no_ffmp
 
     record = finish(env, [job_id], timeout=90)[job_id]
     assert_delivered_once(env, job_id, record)
-    assert record.outputs["frames"] == 40 and record.outputs["width"] == 576
+    assert record.outputs["frames"] == 48 and record.outputs["width"] == 576
     encodes = task_events(env, "cpu", "alive.encode")
     assert len(encodes) == 2 and encodes[0][0] == encodes[1][0], encodes  # same message, delivered again
     assert "WorkerLostError" in log_text(env, "cpu") and cpu.poll() is None  # the parent lived on
@@ -380,7 +382,7 @@ def test_queued_jobs_survive_a_broker_restart_and_an_idle_worker_reconnects(make
 
 
 def test_a_permanent_ffmpeg_failure_fails_the_job_with_its_reason_and_keeps_nothing(make_cluster, sample_photo):
-    env = make_cluster(ALIVE_ENCODE__CODEC="no_such_codec")
+    env = make_cluster(ALIVE_ENCODE__PROFILE="no_such_profile")  # libx264 refuses it when it opens
     env.start_worker("cpu,gpu", name="w")
     job_id = submit(sample_photo, env.settings, SMALL, engine="tiny")
     record = finish(env, [job_id], timeout=60)[job_id]
@@ -388,7 +390,7 @@ def test_a_permanent_ffmpeg_failure_fails_the_job_with_its_reason_and_keeps_noth
     assert record.status == "failed" and record.stage == "encode"
     assert record.error["code"] == "encode_failed" and record.error["type"] == "EncodeFailed"
     # the client sees ffmpeg's reason, not the command line or server paths (those stay in the worker log)
-    assert record.error["task"] == "alive.encode" and "encoder not found" in record.error["message"].lower()
+    assert record.error["task"] == "alive.encode" and "ffmpeg" in record.error["message"].lower()
     assert "ffmpeg -" not in record.error["message"] and str(env.data_dir) not in record.error["message"]
     assert record.source_retained is False
     assert job_files(env, job_id) == ["job.json", "report.json"]  # no video, poster or intermediate

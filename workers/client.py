@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 from pipeline.engines import GenerationOptions
 from pipeline.errors import InputRejected, TransientError
 from pipeline.jobs import JobRecord, Keys, new_job_id, open_job_store
-from pipeline.finish import StoryOptions, story_settings
+from pipeline.finish import StoryOptions, check_output_name, story_settings
 from pipeline.settings import Settings
 from workers.app import app, broker_url, configure, ensure_broker
 
@@ -76,7 +76,8 @@ def submit(source: bytes | str | Path, settings: Settings, options: GenerationOp
     """
     from workers.tasks import job_chain
 
-    story_settings(settings, story)  # a bad preset or option fails here, before anything is stored
+    # a bad preset, option or encoder fails here, before anything is stored
+    check_output_name(Path("story.mp4"), story_settings(settings, story))
     data = read_source(source, settings)
     job_id = job_id or new_job_id()
     jobs = open_job_store(settings)
