@@ -118,3 +118,13 @@ def test_a_users_non_audio_file_is_rejected(run, tmp_path, sample_photo):
     assert result.exit_code == 3, result.output
     assert "bad_audio" in result.output
     assert list(out.iterdir()) == []
+
+
+def test_fit_generate_animates_a_landscape_photo_whole_and_pads_the_clip(run, tmp_path, sample_photo):
+    out = tmp_path / "wide.mp4"
+    result = run("animate", sample_photo.parent / "coffee.jpg", "-o", out, "--framing", "fit-generate", "--json", *SMALL)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["framing"]["strategy"] == "fit-generate" and doc["framing"]["size"] == [128, 72]  # landscape
+    assert doc["finish"]["fit"]["how"] == "pad" and doc["finish"]["size"] == [144, 256]
+    assert probe_video(out)["width"] == 144
