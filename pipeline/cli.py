@@ -339,6 +339,10 @@ def worker(
                 f"--hostname={name or 'alive-' + '-'.join(wanted) + '@%h'}"]
         if beat:
             argv.append("--beat")
+        if settings.worker.gpu_queue in wanted:
+            from workers.app import warm_up_gpu_engine_in_children
+
+            warm_up_gpu_engine_in_children(settings)
         celery_app.worker_main(argv)
         return 0
 

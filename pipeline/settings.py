@@ -152,8 +152,8 @@ class PerformanceSettings(_Section):
     measured on and off in benchmarks/RESULTS.md."""
 
     attention: Literal["sdpa", "default"] = Field("sdpa", description="PyTorch scaled-dot-product attention")
-    channels_last: bool = Field(True, description="channels_last memory format for the UNet and VAE (CUDA)")
-    compile: bool = Field(False, description="torch.compile the UNet and VAE decoder (shape-bucketed, CUDA)")
+    channels_last: bool = Field(True, description="channels_last memory format for the UNet and VAE (pays off on CUDA)")
+    compile: bool = Field(False, description="torch.compile the UNet and VAE decoder, one graph per shape (pays off on CUDA)")
     memory: Literal["auto", "max-speed", "balanced", "low-vram"] = Field(
         "auto", description="auto picks from free GPU memory; low-vram = CPU offload + small decode chunks"
     )

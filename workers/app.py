@@ -8,10 +8,14 @@ above the longest hard time limit (so a running task is never handed to a second
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from pipeline.settings import Settings, load_settings
 from workers.broker import embedded_broker
+
+log = logging.getLogger(__name__)
 
 TASK_MODULES = ["workers.tasks", "service.webhooks"]
 
@@ -105,3 +109,28 @@ def current_settings() -> Settings:
 
 
 app = configure(Celery("alive", include=TASK_MODULES), load_settings())
+
+
+def warm_up_gpu_engine_in_children(settings: Settings) -> None:
+    """Have every pool child of a GPU worker load the svd engine and run its warm-up as it starts,
+    so the first job does not pay for loading, CUDA start-up and compiling. Registered in the
+    worker's parent before it forks; CUDA is first touched in the child (NOTES: never before fork)."""
+    from celery.signals import worker_process_init
+
+    if settings.engine.name != "svd" or not settings.performance.warmup:
+        return
+
+    @worker_process_init.connect(weak=False)
+    def _warm_up(**_: object) -> None:
+        import torch
+
+        from pipeline.engines import get_engine
+
+        if not torch.cuda.is_available():
+            log.info("no CUDA device in this worker child: svd warm-up skipped")
+            return
+        try:
+            seconds = get_engine(settings).warm_up()
+            log.info("svd engine loaded and warmed up in %.1f s", seconds or 0.0)
+        except Exception:  # noqa: BLE001 - a failed warm-up must not kill the worker; the job reports it
+            log.exception("svd warm-up failed; the first job will load the model itself")

@@ -19,7 +19,7 @@ def get_engine(settings: Settings) -> Engine:
     """The engine named in settings, created once per process and kept (weights stay loaded)."""
     cfg: EngineSettings = settings.engine
     key = (cfg.name, cfg.model, cfg.revision, cfg.variant, cfg.dtype, cfg.device, str(cfg.cache_dir),
-           str(settings.model_cache_dir))
+           str(settings.model_cache_dir), settings.performance.model_dump_json())
     with _lock:
         engine = _engines.get(key)
         if engine is None:
@@ -35,8 +35,8 @@ def _create(cfg: EngineSettings, settings: Settings) -> Engine:
     if cfg.name == "tiny":
         from pipeline.engines.tiny import TinyEngine
 
-        return TinyEngine(settings.model_cache_dir, device=cfg.device)
+        return TinyEngine(settings.model_cache_dir, device=cfg.device, performance=settings.performance)
     from pipeline.engines.svd import SvdEngine
 
     return SvdEngine(cfg.model, revision=cfg.revision, variant=cfg.variant, dtype=cfg.dtype,
-                     device=cfg.device, cache_dir=cfg.cache_dir)
+                     device=cfg.device, cache_dir=cfg.cache_dir, performance=settings.performance)

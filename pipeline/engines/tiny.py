@@ -13,7 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline.engines.svd import SvdEngine
+from pipeline.engines.svd import SvdEngine, svd_xt_scheduler
+from pipeline.settings import PerformanceSettings
 
 TINY_VERSION = "tiny-svd-v2"
 TINY_NOTE = "tiny randomly initialised SVD (tests and smoke runs): the frames are noise, not a real animation"
@@ -24,7 +25,6 @@ def build_tiny_svd(directory: Path) -> Path:
     import torch
     from diffusers import (
         AutoencoderKLTemporalDecoder,
-        EulerDiscreteScheduler,
         StableVideoDiffusionPipeline,
         UNetSpatioTemporalConditionModel,
     )
@@ -45,20 +45,7 @@ def build_tiny_svd(directory: Path) -> Path:
         addition_time_embed_dim=32,
         num_frames=8,
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        interpolation_type="linear",
-        num_train_timesteps=1000,
-        prediction_type="v_prediction",
-        sigma_max=700.0,
-        sigma_min=0.002,
-        steps_offset=1,
-        timestep_spacing="leading",
-        timestep_type="continuous",
-        use_karras_sigmas=True,
-    )
+    scheduler = svd_xt_scheduler()
     torch.manual_seed(0)
     # Four blocks, so the VAE downsamples 8x like the real one (diffusers' test VAE has two, i.e. 2x,
     # which puts the UNet's full self-attention on 16x more latent pixels: minutes per clip on a CPU).
@@ -117,9 +104,10 @@ class TinyEngine(SvdEngine):
 
     default_size = (144, 256)
 
-    def __init__(self, cache_dir: Path, device: str = "cpu"):
+    def __init__(self, cache_dir: Path, device: str = "cpu", performance: PerformanceSettings | None = None):
         super().__init__(
-            str(cache_dir / TINY_VERSION), dtype="float32", device=device, name="tiny", note=TINY_NOTE
+            str(cache_dir / TINY_VERSION), dtype="float32", device=device, name="tiny", note=TINY_NOTE,
+            performance=performance,
         )
         self._cache_dir = cache_dir
 
