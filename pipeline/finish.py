@@ -155,7 +155,6 @@ class Finished:
 
 def finish(frames: np.ndarray, clip_fps: float, settings: Settings, progress: StepProgress | None = None) -> Finished:
     """Make the story frames from the generated clip (uint8 (F, H, W, 3) at ``clip_fps``)."""
-
     story: StorySettings = settings.story
     if frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ConfigError(f"finish needs uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}",
@@ -168,7 +167,7 @@ def finish(frames: np.ndarray, clip_fps: float, settings: Settings, progress: St
     overlap = round(story.crossfade_s * story.fps) if story.loop == "crossfade" else 0
     wanted = frames_wanted(story.loop, total, overlap)
     # only the part of the clip the story shows is interpolated (a long clip in a short story)
-    source = np.asarray(frames)[: min(clip_count, math.ceil((wanted - 1) * clip_fps / story.fps) + 2)]
+    source = frames[: min(clip_count, math.ceil((wanted - 1) * clip_fps / story.fps) + 2)]
     timed = retime(source, clip_fps, story.fps, method=story.interpolation) if len(source) > 1 else source
     timed = timed[:wanted]
     retimed = {"from_fps": round(float(clip_fps), 3), "to_fps": story.fps, "method": story.interpolation,
@@ -185,7 +184,7 @@ def finish(frames: np.ndarray, clip_fps: float, settings: Settings, progress: St
     looped = {"mode": story.loop, "duration_s": round(total / story.fps, 3), "frames": total,
               "cycle_frames": cycle_len, "repeats": round(total / cycle_len, 2)}
     if story.loop == "crossfade":
-        looped["crossfade_frames"] = min(overlap, len(timed) // 3)
+        looped["crossfade_frames"] = len(timed) - len(cycle)  # as crossfade_cycle clamped it
     if cycle_len < total or story.loop != "none":
         actions.append(_edited(f"looped ({story.loop}) to {total / story.fps:g} s", looped))
     report.step()

@@ -24,7 +24,7 @@ from pipeline.finish import Finished
 from pipeline.finish import finish as finish_clip
 from pipeline.frame import fit_to_size, generation_size_for
 from pipeline.intake import IntakeResult, load_image
-from pipeline.previews import write_webp_preview
+from pipeline.previews import preview_indices, write_webp_preview
 from pipeline.provenance import ALGORITHMIC_MEDIA, LabelInfo, load_credentials, sign_video, verify
 from pipeline.settings import Settings
 
@@ -159,8 +159,11 @@ def encode(story: Finished, video: Path, poster: Path, preview: Path, settings: 
         "description": f"encoded with {encoded.codec} ({settings.encode.codec}, crf {settings.encode.crf})",
         "codec": encoded.codec, "encoder": settings.encode.codec, "crf": settings.encode.crf}})
     write_poster(story.frames[story.poster_index], poster, settings.encode.poster_quality)
-    shown = write_webp_preview(np.stack(story.frames[: min(len(story.frames), story.fps * 3)]), story.fps, preview,
-                               width=settings.story.preview_width, preview_fps=settings.story.preview_fps,
+    # the first 3 s at the preview's rate: only the frames it shows are stacked (not 90 full-size ones)
+    rate = min(story.fps, settings.story.preview_fps)
+    picked = preview_indices(min(len(story.frames), story.fps * 3), story.fps, rate)
+    shown = write_webp_preview(np.stack([story.frames[i] for i in picked]), rate, preview,
+                               width=settings.story.preview_width, preview_fps=rate,
                                quality=settings.story.preview_quality)
     return Encoded(video=encoded, audio=track, preview=shown, actions=actions)
 
