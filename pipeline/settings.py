@@ -71,6 +71,9 @@ class EngineSettings(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     cache_dir: Path | None = Field(None, description="hub cache; None = huggingface default")
+    unet_weights: Path | None = Field(
+        None, description="a UNet state dict (.safetensors) loaded over the model's UNet, e.g. "
+                          "AnimateLCM-SVD-xt-1.1.safetensors for the few-step consistency sampler")
 
 
 class FrameSettings(_Section):
@@ -160,7 +163,11 @@ class PerformanceSettings(_Section):
     warmup: bool = Field(True, description="run one tiny generation when a GPU worker starts")
     cfg_last_fraction: float = Field(0.0, ge=0.0, le=1.0, description="last steps run without CFG (0 = off)")
     cache_interval: int = Field(1, ge=1, le=10, description="reuse deep UNet features for N steps (1 = off)")
-    batch_clips: int = Field(1, ge=1, le=16, description="clips per UNet batch in batch mode")
+    batch_clips: int = Field(1, ge=1, le=16, description="clips per UNet batch in `alive batch` (same size and options)")
+    sampler: Literal["euler", "consistency"] = Field(
+        "euler", description="euler = SVD's own scheduler; consistency = few-step sampling for AnimateLCM-SVD "
+                             "UNet weights (engine.unet_weights), 4 steps and no CFG unless options say otherwise")
+    few_steps: int = Field(4, ge=1, le=40, description="steps the consistency sampler takes when a job sets none")
 
 
 class EncodeSettings(_Section):

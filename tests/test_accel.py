@@ -19,7 +19,7 @@ from pipeline.engines import accel
 from pipeline.engines.base import GenerationOptions
 from pipeline.engines.svd import SvdEngine
 from pipeline.engines.tiny import ensure_tiny_svd
-from pipeline.errors import GenerationFailed, TransientError
+from pipeline.errors import ConfigError, GenerationFailed, ModelUnavailable, TransientError
 from pipeline.quality import psnr
 from pipeline.settings import PerformanceSettings
 
@@ -208,3 +208,139 @@ def test_other_failures_do_not_step_down(engine):
     finally:
         handle.remove()
     assert engine.preset == "balanced"
+
+
+# -- several clips per UNet batch -------------------------------------------------------------------
+
+
+def test_a_batch_gives_each_clip_the_frames_its_seed_gives_alone(engine):
+    alone = [engine(_image(k), OPTS.model_copy(update={"seed": 20 + k})).frames for k in range(3)]
+    clips = engine.generate_batch([_image(k) for k in range(3)], OPTS, [20, 21, 22])
+    t = engine.last_timings
+    assert t["batch"] == 3 and t["unet_samples"] == 3 * 2 * 4  # 3 clips, CFG doubles, 4 steps
+    for k, clip in enumerate(clips):
+        assert clip.seed == 20 + k and clip.frames.shape == alone[k].shape
+        # batched kernels may round differently in the last bit of a float, never more than 1/255
+        assert np.abs(clip.frames.astype(int) - alone[k]).max() <= 1, k
+    assert not np.array_equal(clips[0].frames, clips[1].frames)
+
+
+def test_a_batch_runs_its_cfg_halves_apart_in_low_vram(engine):
+    alone = engine(_image(1), OPTS.model_copy(update={"seed": 5, "decode_chunk_size": 2})).frames
+    _with(engine, memory="low-vram")  # decodes two frames at a time
+    clips = engine.generate_batch([_image(0), _image(1)], OPTS, [4, 5])
+    assert engine.last_timings["batch"] == 2
+    assert np.abs(clips[1].frames.astype(int) - alone).max() <= 1
+
+
+def test_a_batch_that_runs_out_of_memory_is_made_one_clip_at_a_time(engine):
+    alone = [engine(_image(k), OPTS.model_copy(update={"seed": 30 + k})).frames for k in range(2)]
+
+    def batch_too_big(module, args):
+        if args[0].shape[0] > 2:  # a lone clip with CFG is 2 samples: only the batch fails
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB (injected by the test)")
+
+    handle = engine.pipe.unet.register_forward_pre_hook(batch_too_big)
+    try:
+        clips = engine.generate_batch([_image(0), _image(1)], OPTS, [30, 31])
+    finally:
+        handle.remove()
+    assert engine.preset == "balanced"  # the batch was split, the preset kept
+    for k, clip in enumerate(clips):
+        assert np.array_equal(clip.frames, alone[k])
+        assert any("batch of 2 clips ran out of memory" in n for n in clip.notes)
+
+
+def test_engines_without_a_model_batch_make_the_clips_one_by_one():
+    from pipeline.engines.motion import MotionEngine
+
+    engine = MotionEngine()
+    opts = GenerationOptions.build(width=64, height=64, num_frames=4, fps=8)
+    clips = engine.generate_batch([_image(0), _image(1)], opts, [1, 2])
+    assert [c.seed for c in clips] == [1, 2]
+    assert np.array_equal(clips[1].frames, engine(_image(1), opts.model_copy(update={"seed": 2})).frames)
+
+
+# -- few-step consistency sampling (AnimateLCM-SVD) -------------------------------------------------
+
+
+def test_consistency_schedule_is_every_tenth_point_of_the_karras_ramp():
+    from pipeline.engines.samplers import ConsistencySampler
+
+    sampler = ConsistencySampler()
+    sampler.set_timesteps(4)
+    ramp = np.array([0, 10, 20, 30]) / 39
+    expected = (700 ** (1 / 7) + ramp * (0.002 ** (1 / 7) - 700 ** (1 / 7))) ** 7
+    assert np.allclose(sampler.sigmas.numpy(), np.append(expected, 0), rtol=1e-6)
+    assert np.allclose(sampler.timesteps.numpy(), 0.25 * np.log(expected))
+    assert sampler.sigmas[0] == pytest.approx(700) and sampler.init_noise_sigma == pytest.approx((700 ** 2 + 1) ** 0.5)
+    with pytest.raises(ValueError, match="1 to 40 steps"):
+        sampler.set_timesteps(41)
+
+
+def test_consistency_steps_land_on_the_models_clean_estimate():
+    """A model whose v-prediction points exactly at a known clean sample x0: every step re-noises x0
+    to the next sigma (fresh noise), and the last step returns x0 itself."""
+    from pipeline.engines.samplers import ConsistencySampler
+
+    sampler = ConsistencySampler()
+    sampler.set_timesteps(3)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 2, 4, 3, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(x0.shape, generator=g, dtype=torch.float64) * sampler.init_noise_sigma
+    for i, t in enumerate(sampler.timesteps):
+        sigma, following = float(sampler.sigmas[i]), float(sampler.sigmas[i + 1])
+        scaled = sampler.scale_model_input(x, t)
+        assert torch.allclose(scaled, x / (sigma ** 2 + 1) ** 0.5)
+        v = (x / (sigma ** 2 + 1) - x0) * (sigma ** 2 + 1) ** 0.5 / sigma
+        x = sampler.step(v, t, x, generator=g).prev_sample
+        if following:
+            assert 0.5 < float((x - x0).std() / following) < 1.5  # x0 plus noise of the next sigma
+    assert torch.allclose(x, x0)
+
+
+def test_consistency_sampler_runs_few_steps_without_cfg_unless_the_job_says(engine):
+    _with(engine, sampler="consistency")
+    unset = GenerationOptions.build(seed=3, num_frames=4, width=SIZE, height=SIZE, decode_chunk_size=4)
+    resolved = engine.resolve(unset)
+    assert resolved.num_inference_steps == 4 and resolved.max_guidance_scale == 1.0
+    first = engine(_image(), resolved).frames
+    assert engine.last_timings["unet_samples"] == 4  # 4 steps x 1 sample: no CFG
+    assert np.array_equal(engine(_image(), resolved).frames, first)  # the seed decides the fresh noise too
+    assert not np.array_equal(engine(_image(), resolved.model_copy(update={"seed": 4})).frames, first)
+    chosen = engine.resolve(unset.model_copy(update={"num_inference_steps": 6, "max_guidance_scale": 1.5}))
+    assert (chosen.num_inference_steps, chosen.max_guidance_scale) == (6, 1.5)
+    engine(_image(), chosen)
+    assert engine.last_timings["unet_samples"] == 6 * 2
+    assert engine.describe()["sampler"] == "consistency"
+    with pytest.raises(ConfigError, match="at most 40 steps"):
+        engine.resolve(unset.model_copy(update={"num_inference_steps": 50}))
+    batch = engine.generate_batch([_image(0), _image()], resolved, [2, 3])
+    assert np.abs(batch[1].frames.astype(int) - first).max() <= 1
+    _with(engine)
+    assert engine.resolve(unset).num_inference_steps == 25  # euler: the options' own default
+
+
+def test_unet_weights_file_replaces_the_unet_and_a_wrong_file_is_refused(data_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    model = ensure_tiny_svd(data_dir / "models")
+    base = SvdEngine(str(model), dtype="float32", device="cpu", performance=PLAIN)
+    state = {k: v.clone() * 1.5 for k, v in base.pipe.unet.state_dict().items()}
+    save_file(state, tmp_path / "distilled.safetensors")
+    swapped = SvdEngine(str(model), dtype="float32", device="cpu", performance=PLAIN,
+                        unet_weights=tmp_path / "distilled.safetensors")
+    for key, value in swapped.pipe.unet.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert swapped.describe()["unet_weights"] == "distilled.safetensors"
+    assert not np.array_equal(swapped(_image(), OPTS).frames, base(_image(), OPTS).frames)
+
+    save_file({k: v.contiguous() for k, v in base.pipe.vae.state_dict().items()}, tmp_path / "vae.safetensors")
+    for name, message in (("vae.safetensors", "does not fit the model's UNet"), ("absent.safetensors", "does not exist")):
+        with pytest.raises(ModelUnavailable, match=message):
+            SvdEngine(str(model), dtype="float32", device="cpu", performance=PLAIN,
+                      unet_weights=tmp_path / name).load()
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "distilled.safetensors").read_bytes()[:1000])
+    with pytest.raises(ModelUnavailable, match="could not be loaded"):
+        SvdEngine(str(model), dtype="float32", device="cpu", performance=PLAIN,
+                  unet_weights=tmp_path / "cut.safetensors").load()

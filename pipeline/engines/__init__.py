@@ -18,7 +18,7 @@ _lock = threading.Lock()
 def get_engine(settings: Settings) -> Engine:
     """The engine named in settings, created once per process and kept (weights stay loaded)."""
     cfg: EngineSettings = settings.engine
-    key = (cfg.name, cfg.model, cfg.revision, cfg.variant, cfg.dtype, cfg.device, str(cfg.cache_dir),
+    key = (cfg.name, cfg.model, cfg.revision, cfg.variant, cfg.dtype, cfg.device, str(cfg.cache_dir), str(cfg.unet_weights),
            str(settings.model_cache_dir), settings.performance.model_dump_json())
     with _lock:
         engine = _engines.get(key)
@@ -39,4 +39,5 @@ def _create(cfg: EngineSettings, settings: Settings) -> Engine:
     from pipeline.engines.svd import SvdEngine
 
     return SvdEngine(cfg.model, revision=cfg.revision, variant=cfg.variant, dtype=cfg.dtype,
-                     device=cfg.device, cache_dir=cfg.cache_dir, performance=settings.performance)
+                     device=cfg.device, cache_dir=cfg.cache_dir, performance=settings.performance,
+                     unet_weights=cfg.unet_weights)

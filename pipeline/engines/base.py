@@ -101,6 +101,13 @@ class Engine(abc.ABC):
     def generate(self, image: Image.Image, options: GenerationOptions, progress: ProgressFn | None = None) -> Clip:
         """Animate one RGB image that is already framed to options.width x options.height."""
 
+    def generate_batch(self, images: list[Image.Image], options: GenerationOptions, seeds: list[int | None],
+                       progress: ProgressFn | None = None) -> list[Clip]:
+        """Several framed images of one size with the same options (one seed each). Engines that can
+        run them as one model batch override this; the default makes them one after another."""
+        return [self.generate(image, options.model_copy(update={"seed": seed}), progress)
+                for image, seed in zip(images, seeds)]
+
     def __call__(self, image: Image.Image, options: GenerationOptions, progress: ProgressFn | None = None) -> Clip:
         return self.generate(image, options, progress)
 

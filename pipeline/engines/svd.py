@@ -25,6 +25,7 @@ from PIL import Image
 
 from pipeline.engines import accel
 from pipeline.engines.base import Clip, Engine, GenerationOptions, ProgressFn, pick_seed
+from pipeline.engines.samplers import ConsistencySampler
 from pipeline.errors import ConfigError, GenerationFailed, ModelUnavailable, TransientError
 from pipeline.settings import PerformanceSettings
 
@@ -97,8 +98,10 @@ class SvdEngine(Engine):
         name: str = "svd",
         note: str | None = None,
         performance: PerformanceSettings | None = None,
+        unet_weights: Path | None = None,
     ):
         self.model = model
+        self.unet_weights = Path(unet_weights).expanduser() if unet_weights else None
         self.revision = revision
         self.variant = variant
         self.dtype_name = dtype
@@ -113,6 +116,7 @@ class SvdEngine(Engine):
         self._lock = threading.Lock()  # loading
         self._run_lock = threading.Lock()  # one generation at a time: the scheduler and hooks are stateful
         self._preset: str | None = None
+        self._scheduler = None  # the sampler the loop uses: the pipeline's own Euler, or ConsistencySampler
         self._compiled: dict[str, accel.Bucketed] = {}
         self._deepcache: accel.DeepCacheUNet | None = None
         self.load_seconds: float | None = None
@@ -163,10 +167,36 @@ class SvdEngine(Engine):
                 )
             except (OSError, ValueError) as exc:
                 raise ModelUnavailable(self._missing_message(exc), details={"model": self.model}) from exc
+            if self.unet_weights:
+                self._load_unet_weights(pipe.unet)
             self._adopt(pipe, device, dtype)
             self.load_seconds = time.perf_counter() - t0
             log.info("loaded %s on %s (%s, preset %s) in %.1f s", self.model, device, dtype, self._preset,
                      self.load_seconds)
+
+    def _load_unet_weights(self, unet) -> None:
+        """Replace the UNet's weights with a state dict file (AnimateLCM-SVD-xt ships its distilled
+        UNet this way); every key must match, or the file is for another architecture."""
+        from safetensors.torch import load_file
+
+        path = self.unet_weights
+        if not path.is_file():
+            raise ModelUnavailable(f"engine.unet_weights {path} does not exist; pass the .safetensors file of "
+                                   "a UNet for this model (e.g. AnimateLCM-SVD-xt-1.1.safetensors)",
+                                   details={"unet_weights": path.name})
+        try:
+            state = load_file(str(path))
+            missing, unexpected = unet.load_state_dict(state, strict=False)
+        except Exception as exc:  # a truncated file, wrong format, or tensors of other shapes
+            raise ModelUnavailable(f"engine.unet_weights {path.name} could not be loaded into the model's UNet: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                                   details={"unet_weights": path.name}) from exc
+        if missing or unexpected:
+            raise ModelUnavailable(
+                f"engine.unet_weights {path.name} does not fit the model's UNet ({len(missing)} weights missing, "
+                f"{len(unexpected)} unknown, e.g. {(missing or unexpected)[0]}); it belongs to another architecture",
+                details={"unet_weights": path.name})
+        log.info("loaded UNet weights from %s (%d tensors)", path.name, len(state))
 
     def _adopt(self, pipe, device: str, dtype) -> None:
         pipe.set_progress_bar_config(disable=True)
@@ -210,9 +240,29 @@ class SvdEngine(Engine):
             "dtype": str(self._dtype).replace("torch.", "") if self._dtype is not None else None,
             "preset": self._preset,
         }
+        if self.unet_weights:
+            d["unet_weights"] = self.unet_weights.name
+        if self.performance.sampler != "euler":
+            d["sampler"] = self.performance.sampler
         if self.note:
             d["note"] = self.note
         return d
+
+    def resolve(self, options: GenerationOptions) -> GenerationOptions:
+        """The engine's size; with the few-step consistency sampler also its step count and no CFG,
+        where the job did not set them."""
+        options = super().resolve(options)
+        if self.performance.sampler != "consistency":
+            return options
+        update: dict[str, Any] = {}
+        if "num_inference_steps" not in options.model_fields_set:
+            update["num_inference_steps"] = self.performance.few_steps
+        if "max_guidance_scale" not in options.model_fields_set:
+            update["max_guidance_scale"] = max(1.0, options.min_guidance_scale)
+        if options.model_copy(update=update).num_inference_steps > ConsistencySampler.train_steps:
+            raise ConfigError(f"the consistency sampler takes at most {ConsistencySampler.train_steps} steps, "
+                              f"got {options.num_inference_steps}", code="bad_option")
+        return options.model_copy(update=update)
 
     # -- performance switches --------------------------------------------------------------------
     def configure(self, performance: PerformanceSettings) -> None:
@@ -247,6 +297,7 @@ class SvdEngine(Engine):
 
     def _apply(self, preset: str) -> None:
         perf, pipe, plan = self.performance, self._pipe, accel.PRESET_PLANS[preset]
+        self._scheduler = ConsistencySampler() if perf.sampler == "consistency" else pipe.scheduler
         accel.set_residency(pipe, plan, self._device)
         accel.set_attention(pipe, perf.attention)
         accel.set_memory_format(pipe, perf.channels_last)
@@ -268,33 +319,51 @@ class SvdEngine(Engine):
 
     # -- generation ------------------------------------------------------------------------------
     def generate(self, image: Image.Image, options: GenerationOptions, progress: ProgressFn | None = None) -> Clip:
+        return self.generate_batch([image], options, [options.seed], progress)[0]
+
+    def generate_batch(self, images: list[Image.Image], options: GenerationOptions, seeds: list[int | None],
+                       progress: ProgressFn | None = None) -> list[Clip]:
+        """Animate several framed images of one size in one UNet batch: each clip draws its noise from
+        its own seed, so it is the clip ``generate`` makes alone (up to float rounding of batched
+        kernels). Out of memory with more than one clip: they are made one at a time instead."""
         self.load()
-        if image.size != (options.width, options.height):
-            raise ValueError(f"image is {image.size}, expected the framed size {(options.width, options.height)}")
-        seed = pick_seed(options.seed)
+        for image in images:
+            if image.size != (options.width, options.height):
+                raise ValueError(f"image is {image.size}, expected the framed size {(options.width, options.height)}")
+        seeds = [pick_seed(s) for s in seeds]
         fps = options.fps or 7
         num_frames = options.num_frames or self._pipe.unet.config.num_frames
         with self._run_lock:
             try:
-                frames = self._sample(image, options, num_frames, fps, seed, progress)
+                videos = self._sample(images, options, num_frames, fps, seeds, progress)
             except (RuntimeError, MemoryError) as exc:
-                lower = accel.next_preset(self._preset)
                 if not _is_out_of_memory(exc):
                     raise GenerationFailed(f"the SVD pipeline failed: {exc}") from exc
-                if lower is None:
+                lower = accel.next_preset(self._preset)
+                if len(images) == 1 and lower is None:
                     raise self._out_of_memory(exc, num_frames, options) from exc
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             else:
-                return self._clip(frames, fps, seed)
+                return [self._clip(frames, fps, seed) for frames, seed in zip(videos, seeds)]
             # Out of the except block, the failed attempt's frames (and the tensors they hold) are gone.
+            if len(images) > 1:
+                log.warning("out of memory with %d clips in one batch (%s); making them one at a time",
+                            len(images), reason)
+                self._release()
+        if len(images) > 1:
+            note = f"a batch of {len(images)} clips ran out of memory ({reason}); this clip was made alone"
+            clips = [self.generate(image, options.model_copy(update={"seed": seed}), progress)
+                     for image, seed in zip(images, seeds)]
+            return [Clip(frames=c.frames, fps=c.fps, seed=c.seed, notes=c.notes + [note]) for c in clips]
+        with self._run_lock:
             self._step_down(lower, reason)
             try:
-                frames = self._sample(image, options, num_frames, fps, seed, progress)
+                videos = self._sample(images, options, num_frames, fps, seeds, progress)
             except (RuntimeError, MemoryError) as exc:
                 if _is_out_of_memory(exc):
                     raise self._out_of_memory(exc, num_frames, options) from exc
                 raise GenerationFailed(f"the SVD pipeline failed: {exc}") from exc
-        return self._clip(frames, fps, seed, [f"ran out of memory ({reason}); retried with the {lower} preset"])
+        return [self._clip(videos[0], fps, seeds[0], [f"ran out of memory ({reason}); retried with the {lower} preset"])]
 
     def _clip(self, frames: np.ndarray, fps: int, seed: int, extra: list[str] | None = None) -> Clip:
         notes = ([self.note] if self.note else []) + (extra or [])
@@ -312,15 +381,20 @@ class SvdEngine(Engine):
     def _step_down(self, lower: str, reason: str) -> None:
         """Release what the failed attempt held and continue one preset lower (kept for later jobs:
         the memory that ran out is likely to run out again)."""
+        log.warning("out of memory with the %s preset (%s); stepping down to %s", self._preset, reason, lower)
+        self._release()
+        self._apply(lower)
+
+    @staticmethod
+    def _release() -> None:
+        """Give back what a failed attempt held (its tensors are unreferenced by now)."""
         import gc
 
         import torch
 
-        log.warning("out of memory with the %s preset (%s); stepping down to %s", self._preset, reason, lower)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        self._apply(lower)
 
     def warm_up(self, size: tuple[int, int] | None = None) -> float | None:
         """Run one generation so the first real job does not pay for CUDA/cuDNN start-up (and, with
@@ -348,9 +422,11 @@ class SvdEngine(Engine):
 
             torch.cuda.synchronize(torch.device(self._device))
 
-    def _sample(self, image: Image.Image, options: GenerationOptions, num_frames: int, fps: int, seed: int,
-                progress: ProgressFn | None) -> np.ndarray:
-        """Encode, denoise, decode; same random draws in the same order as ``pipe.__call__``."""
+    def _sample(self, images: list[Image.Image], options: GenerationOptions, num_frames: int, fps: int,
+                seeds: list[int], progress: ProgressFn | None) -> list[np.ndarray]:
+        """Encode, denoise, decode; for one image the same random draws in the same order as
+        ``pipe.__call__``. A batch lays its clips out as the pipeline would (``[unconditional...,
+        conditional...]`` with CFG); each clip draws from its own generator."""
         import torch
         from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import retrieve_timesteps
         from diffusers.utils.torch_utils import randn_tensor
@@ -359,40 +435,51 @@ class SvdEngine(Engine):
         plan = accel.PRESET_PLANS[self._preset]
         width, height, steps = options.width, options.height, options.num_inference_steps
         cfg = options.max_guidance_scale > 1.0
-        # A CPU generator gives the same noise on every device for a given seed.
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        timings: dict[str, Any] = {"preset": self._preset}
+        # CPU generators give the same noise on every device for a given seed.
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        batch = len(images)
+        timings: dict[str, Any] = {"preset": self._preset, "batch": batch}
         upcast = pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast
         try:
             with torch.no_grad():
                 t0 = time.perf_counter()
                 device = pipe._execution_device
-                embeddings = pipe._encode_image(image, device, 1, cfg)
-                pixels = pipe.video_processor.preprocess(image, height=height, width=width).to(device)
-                pixels = pixels + options.noise_aug_strength * randn_tensor(
-                    pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
-                if upcast:
-                    pipe.vae.to(dtype=torch.float32)
-                image_latents = pipe._encode_vae_image(pixels, device, 1, cfg).to(embeddings.dtype)
-                if upcast:
-                    pipe.vae.to(dtype=torch.float16)
-                image_latents = image_latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
+                embeddings, image_latents = [], []
+                for image, generator in zip(images, generators):
+                    embeddings.append(pipe._encode_image(image, device, 1, False))
+                    pixels = pipe.video_processor.preprocess(image, height=height, width=width).to(device)
+                    pixels = pixels + options.noise_aug_strength * randn_tensor(
+                        pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
+                    if upcast:
+                        pipe.vae.to(dtype=torch.float32)
+                    image_latents.append(pipe._encode_vae_image(pixels, device, 1, False))
+                    if upcast:
+                        pipe.vae.to(dtype=torch.float16)
+                embeddings, image_latents = torch.cat(embeddings), torch.cat(image_latents)
+                if cfg:  # the unconditional half is zeros, as in the pipeline
+                    embeddings = torch.cat([torch.zeros_like(embeddings), embeddings])
+                    image_latents = torch.cat([torch.zeros_like(image_latents), image_latents])
+                image_latents = image_latents.to(embeddings.dtype).unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
                 # SVD was conditioned on fps - 1 (as the pipeline does)
                 time_ids = pipe._get_add_time_ids(fps - 1, options.motion_bucket_id, options.noise_aug_strength,
-                                                  embeddings.dtype, 1, 1, cfg).to(device)
-                timesteps, _ = retrieve_timesteps(pipe.scheduler, steps, device, None, None)
-                latents = pipe.prepare_latents(1, num_frames, pipe.unet.config.in_channels, height, width,
-                                               embeddings.dtype, device, generator, None)
+                                                  embeddings.dtype, batch, 1, cfg).to(device)
+                timesteps, _ = retrieve_timesteps(self._scheduler, steps, device, None, None)
+                scale = pipe.vae_scale_factor
+                shape = (batch, num_frames, pipe.unet.config.in_channels // 2, height // scale, width // scale)
+                noise_from = generators[0] if batch == 1 else generators
+                latents = randn_tensor(shape, generator=noise_from, device=device, dtype=embeddings.dtype)
+                latents = latents * self._scheduler.init_noise_sigma
                 guidance = torch.linspace(options.min_guidance_scale, options.max_guidance_scale, num_frames)
                 guidance = guidance.unsqueeze(0).to(device, latents.dtype)[:, :, None, None, None]
                 self._sync()
                 t1 = time.perf_counter()
                 latents, passes = self._denoise(latents, timesteps, embeddings, image_latents, time_ids, guidance,
-                                                cfg, plan, progress)
+                                                cfg, plan, progress, noise_from)
                 self._sync()
                 t2 = time.perf_counter()
                 chunk = plan.decode_chunk(num_frames, options.decode_chunk_size)
-                frames = self._decode(latents, num_frames, chunk)
+                # clip by clip: the temporal decoder must never see two clips' frames as one sequence
+                videos = [self._decode(latents[k:k + 1], num_frames, chunk)[0] for k in range(batch)]
                 self._sync()
                 t3 = time.perf_counter()
         finally:
@@ -402,16 +489,16 @@ class SvdEngine(Engine):
         timings.update(encode_s=t1 - t0, unet_s=t2 - t1, decode_s=t3 - t2, total_s=t3 - t0, decode_chunk=chunk,
                        **passes)
         self.last_timings = timings
-        frames = np.asarray(frames[0])
-        return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        return [(np.clip(np.asarray(v), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8) for v in videos]
 
     def _denoise(self, latents, timesteps, embeddings, image_latents, time_ids, guidance, cfg: bool,
-                 plan: accel.Preset, progress: ProgressFn | None):
+                 plan: accel.Preset, progress: ProgressFn | None, generator=None):
         """The Euler loop. With CFG the batch is [unconditional, conditional]; from step
         ``cfg_from`` on (``cfg_last_fraction``) only the conditional half runs, i.e. guidance 1.0."""
         import torch
 
-        perf, scheduler = self.performance, self._pipe.scheduler
+        perf, scheduler = self.performance, self._scheduler
+        fresh_noise = {"generator": generator} if getattr(scheduler, "needs_generator", False) else {}
         steps = len(timesteps)
         cfg_from = steps - round(steps * perf.cfg_last_fraction) if cfg else 0
         deep = None
@@ -429,16 +516,16 @@ class SvdEngine(Engine):
                 noise = self._call("dc_partial", x, t, embeddings, time_ids, deep)
             elif self._deepcache is not None:
                 noise, deep = self._call("dc_full", x, t, embeddings, time_ids)
-            elif plan.cfg_split and guided:
-                noise = torch.cat([self._call("unet", x[k:k + 1], t, embeddings[k:k + 1], time_ids[k:k + 1])
-                                   for k in range(2)])
+            elif plan.cfg_split and guided:  # the unconditional half, then the conditional one
+                noise = torch.cat([self._call("unet", xh, t, eh, th)
+                                   for xh, eh, th in zip(x.chunk(2), embeddings.chunk(2), time_ids.chunk(2))])
             else:
                 noise = self._call("unet", x, t, embeddings, time_ids)
             passes["cached_samples" if reuse else "unet_samples"] += x.shape[0]
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance * (cond - uncond)
-            latents = scheduler.step(noise, t, latents).prev_sample
+            latents = scheduler.step(noise, t, latents, **fresh_noise).prev_sample
             if progress is not None:
                 progress(i + 1, steps)
         return latents, passes
