@@ -439,7 +439,11 @@ def batch(
     inputs: Path = typer.Argument(..., help="A folder of photos, a .txt list of paths or a .csv (column 'path')."),
     out_dir: Path = typer.Option(..., "--output", "-o", help="Folder for the videos, posters, reports and summary."),
     engine: Optional[str] = typer.Option(None, "--engine", "-e", help="motion, svd or tiny."),
-    local: bool = typer.Option(False, "--local", help="Run in this process, without a broker."),
+    local: bool = typer.Option(False, "--local", help="Run in this process, without a broker (encoding of one "
+                                                      "photo overlaps generation of the next)."),
+    batch_clips: Optional[int] = typer.Option(None, "--batch-clips", min=1, max=16,
+                                              help="--local: photos generated together in one model batch "
+                                                   "[performance.batch_clips: 1]."),
     broker: Optional[str] = typer.Option(None, "--broker", help="Broker URL [config, else the embedded Redis]."),
     spawn_workers: bool = typer.Option(True, "--spawn-workers/--no-spawn-workers",
                                        help="Start workers for this batch when none answer."),
@@ -466,7 +470,8 @@ def batch(
     def work() -> int:
         from workers.batch import Batch, read_inputs
 
-        settings = _settings(config, worker={"broker_url": broker} if broker else None)
+        settings = _settings(config, worker={"broker_url": broker} if broker else None,
+                             performance={"batch_clips": batch_clips} if batch_clips else None)
         items = read_inputs(inputs)
         options = _generation_options(seed=seed, num_frames=frames, num_inference_steps=steps, width=width,
                                       height=height)
@@ -495,6 +500,10 @@ def batch(
         summary = job.write_summary(out_dir / "summary.jsonl")
         counts = job.counts()
         out.print(" ".join(f"{k} {v}" for k, v in counts.items() if v) + f"  (summary: {summary})")
+        if job.stats:
+            s = job.stats
+            out.print(f"{s['wall_s']:.1f} s, {s['clips_per_hour']:.0f} clips/hour, {s['batch_clips']} per model batch; "
+                      f"the generator was idle {s['generator_idle_fraction']:.0%} of the time")
         return 0 if counts["blocked"] + counts["rejected"] + counts["failed"] == 0 else 1
 
     _guard(work)

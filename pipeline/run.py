@@ -76,6 +76,23 @@ def default_paths(output: Path) -> tuple[Path, Path, Path]:
     return output.with_suffix(".jpg"), output.with_suffix(".webp"), output.with_suffix(".json")
 
 
+@dataclass
+class Job:
+    """One photo on its way through the chain in this process, between ``start`` and ``complete``."""
+
+    settings: Settings
+    options: GenerationOptions
+    output: Path
+    poster: Path
+    preview: Path
+    report: Path
+    record: JobRecord
+    timer: StageTimer
+    taken: Any  # IntakeResult: the sanitised photo
+    audio_file: Path | None
+    made: stages.Generated | None = None
+
+
 def animate(
     source: bytes | str | Path,
     output: str | Path,
@@ -93,14 +110,33 @@ def animate(
 ) -> Result:
     """Run the chain for one photo and write the labelled video, its poster JPEG, an animated WebP
     preview and a JSON report."""
+    job = start(source, output, settings, options, story=story, audio_file=audio_file, prompt=prompt, poster=poster,
+                preview=preview, report=report, job_id=job_id, progress=progress)
+    generate_together([job])
+    return complete(job)
+
+
+def start(
+    source: bytes | str | Path,
+    output: str | Path,
+    settings: Settings,
+    options: GenerationOptions | None = None,
+    *,
+    story: StoryOptions | None = None,
+    audio_file: str | Path | None = None,
+    prompt: str | None = None,
+    poster: str | Path | None = None,
+    preview: str | Path | None = None,
+    report: str | Path | None = None,
+    job_id: str | None = None,
+    progress: StageProgress | None = None,
+) -> Job:
+    """Check the request, take the photo in and moderate it: everything before generation."""
     options = options or GenerationOptions()
     settings = story_settings(settings, story)
     output = Path(output)
     check_output_name(output, settings)
     default_poster, default_preview, default_report = default_paths(output)
-    poster_path = Path(poster) if poster else default_poster
-    preview_path = Path(preview) if preview else default_preview
-    report_path = Path(report) if report else default_report
     record = JobRecord(job_id=job_id or new_job_id(), status="running", options=options.model_dump(), prompt=prompt,
                        story=story.model_dump(exclude_none=True) if story else {}, source_retained=False)
     timer = StageTimer(progress)
@@ -111,15 +147,37 @@ def animate(
 
     with timer.stage("moderate_image"):  # the prompt and the photo, as in alive.moderate_image
         stages.moderate_input(taken.image, prompt, settings, record.moderation)
+    return Job(settings=settings, options=options, output=output, poster=Path(poster) if poster else default_poster,
+               preview=Path(preview) if preview else default_preview,
+               report=Path(report) if report else default_report, record=record, timer=timer, taken=taken,
+               audio_file=Path(audio_file) if audio_file else None)
 
+
+def generate_together(jobs: list[Job]) -> None:
+    """Animate the jobs' photos, as one model batch where the engine can (``alive batch`` with
+    ``performance.batch_clips`` > 1); the jobs share settings and options. Each job's generate time
+    is the whole batch's."""
+    first = jobs[0]
+    timer = first.timer if len(jobs) == 1 else StageTimer()
     with timer.stage("generate"):
-        made = stages.generate(taken.image, options, settings, timer.steps("generate"))
-    clip = made.clip
-    record.framing, record.engine, record.software_agent = made.framing, made.engine, made.software_agent
-    record.changes += made.changes
-    record.seed, record.notes = clip.seed, list(clip.notes)
-    record.options = made.options.model_dump()
+        made = stages.generate_batch([job.taken.image for job in jobs], first.options, first.settings,
+                                     timer.steps("generate"))
+    for job, generated in zip(jobs, made):
+        job.made = generated
+        job.timer.seconds["generate"] = timer.seconds["generate"]
+        record, clip = job.record, generated.clip
+        record.framing, record.engine, record.software_agent = generated.framing, generated.engine, generated.software_agent
+        if len(jobs) > 1:
+            record.engine = {**generated.engine, "batch_clips": len(jobs)}
+        record.changes += generated.changes
+        record.seed, record.notes = clip.seed, list(clip.notes)
+        record.options = generated.options.model_dump()
 
+
+def complete(job: Job) -> Result:
+    """Everything after generation: check the clip, make the story, encode, label, report."""
+    settings, record, timer, made, output = job.settings, job.record, job.timer, job.made, job.output
+    clip = made.clip
     with timer.stage("moderate_video"):
         stages.moderate_video(clip.frames, settings, record.moderation)
 
@@ -133,21 +191,21 @@ def animate(
         poster_draft, preview_draft = Path(work) / "poster.jpg", Path(work) / "preview.webp"
         with timer.stage("encode"):
             encoded = stages.encode(finished, unsigned, poster_draft, preview_draft, settings,
-                                    audio_file=Path(audio_file) if audio_file else None, progress=timer.steps("encode"))
+                                    audio_file=job.audio_file, progress=timer.steps("encode"))
         with timer.stage("label"):
-            record.c2pa = stages.label(unsigned, output, stages.png_bytes(taken.image), made.software_agent, settings,
-                                       finished.actions + encoded.actions)
-        publish(poster_draft, poster_path)  # only a labelled video gets a poster and preview beside it
-        publish(preview_draft, preview_path)
+            record.c2pa = stages.label(unsigned, output, stages.png_bytes(job.taken.image), made.software_agent,
+                                       settings, finished.actions + encoded.actions)
+        publish(poster_draft, job.poster)  # only a labelled video gets a poster and preview beside it
+        publish(preview_draft, job.preview)
 
     record.audio = encoded.audio
     record.finish = {**finished.record, "c2pa_actions": finished.actions + encoded.actions}
-    record.outputs = {"video": str(output), "poster": str(poster_path), "preview": str(preview_path),
+    record.outputs = {"video": str(output), "poster": str(job.poster), "preview": str(job.preview),
                       "bytes": output.stat().st_size, **stages.outputs_summary(encoded.video)}
     record.timings_s = {**timer.seconds, "total": round(sum(timer.seconds.values()), 4)}
     record.status, record.stage = "succeeded", None
     doc = record.to_dict()
-    write_json_atomic(report_path, doc)
+    write_json_atomic(job.report, doc)
     log.info("job %s: wrote %s (%s, %d frames)", record.job_id, output, record.c2pa["state"], encoded.video.frames)
-    return Result(job_id=record.job_id, video=output, poster=poster_path, preview=preview_path,
-                  report_path=report_path, report=doc)
+    return Result(job_id=record.job_id, video=output, poster=job.poster, preview=job.preview,
+                  report_path=job.report, report=doc)

@@ -102,16 +102,38 @@ def generation_options(image: Image.Image, options: GenerationOptions, settings:
 def generate(image: Image.Image, options: GenerationOptions, settings: Settings,
              progress: StepProgress | None = None) -> Generated:
     """Frame the photo to the generation size and animate it with the configured engine."""
+    return generate_batch([image], options, settings, progress)[0]
+
+
+def generate_batch(images: list[Image.Image], options: GenerationOptions, settings: Settings,
+                   progress: StepProgress | None = None) -> list[Generated]:
+    """``generate`` for several photos with the same options: photos framed to the same size go
+    through the engine as one batch (``Engine.generate_batch``), each with the options' seed."""
     engine = get_engine(settings)
-    options = generation_options(image, options, settings)
     frame = settings.frame
-    framed, framing = fit_to_size(image, options.width, options.height, frame.strategy, focus=frame.crop_focus,
-                                  face_backend=frame.face_backend, darken=frame.pad_darken)
+    groups: dict[tuple[int, int], list[int]] = {}
+    framed, framings, sized = [], [], []
+    for k, image in enumerate(images):
+        opts = generation_options(image, options, settings)
+        picture, framing = fit_to_size(image, opts.width, opts.height, frame.strategy, focus=frame.crop_focus,
+                                       face_backend=frame.face_backend, darken=frame.pad_darken)
+        framed.append(picture)
+        framings.append(framing)
+        sized.append(opts)
+        groups.setdefault((opts.width, opts.height), []).append(k)
     engine.load()
-    clip = engine.generate(framed, options, progress)
-    options = options.model_copy(update={"seed": clip.seed, "fps": int(clip.fps), "num_frames": len(clip.frames)})
-    return Generated(options=options, clip=clip, framing=framing, changes=[describe_framing(framing)], engine=engine.describe(),
-                     software_agent=engine.software_agent)
+    clips: dict[int, Clip] = {}
+    for members in groups.values():
+        made = engine.generate_batch([framed[k] for k in members], sized[members[0]], [options.seed] * len(members),
+                                     progress)
+        clips.update(zip(members, made))
+    results = []
+    for k in range(len(images)):
+        clip = clips[k]
+        opts = sized[k].model_copy(update={"seed": clip.seed, "fps": int(clip.fps), "num_frames": len(clip.frames)})
+        results.append(Generated(options=opts, clip=clip, framing=framings[k], changes=[describe_framing(framings[k])],
+                                 engine=engine.describe(), software_agent=engine.software_agent))
+    return results
 
 
 def describe_framing(record: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -73,3 +74,42 @@ def test_queued_batch_spawns_workers_on_the_embedded_broker(tmp_path, photos, da
         assert len(logs) == 2  # one gpu, one cpu worker, stopped again at the end
     finally:
         env.close()
+
+
+def test_local_batch_generates_photos_together_and_encodes_behind_the_generator(tmp_path, photos, settings):
+    """--batch-clips 2: a.jpg and b.jpg share one model batch (the broken file is refused at intake,
+    before generation); the CPU stages run in a second thread; the stats line says how busy the
+    generator was."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["batch", str(photos), "-o", str(out), "--local", "--batch-clips", "2",
+                                      "--seed", "7", *SMALL], env={"ALIVE_ENCODE__PRESET": "veryfast"})
+    assert result.exit_code == 1, result.output
+    rows = _rows(out)
+    assert rows["a.jpg"]["status"] == rows["b.jpg"]["status"] == "done"
+    assert rows["broken.jpg"]["status"] == "rejected"
+    reports = [json.loads((out / f"{name}.json").read_text()) for name in ("a", "b")]
+    assert [r["engine"]["batch_clips"] for r in reports] == [2, 2]
+    assert reports[0]["seed"] == reports[1]["seed"] == 7
+    assert reports[0]["timings_s"]["generate"] == reports[1]["timings_s"]["generate"]  # one batch, one time
+    assert "per model batch; the generator was idle" in result.output
+
+
+def test_overlapped_and_sequential_local_batches_make_the_same_videos(tmp_path, photos, settings):
+    from pipeline.engines import GenerationOptions
+    from pipeline.provenance import default_trust_anchors, verify
+    from pipeline.probe import decode_frames
+    from workers.batch import Batch
+
+    options = GenerationOptions.build(seed=3, num_inference_steps=1, num_frames=2, width=72, height=128)
+    quick = settings.model_copy(update={"encode": settings.encode.model_copy(update={"preset": "veryfast"})})
+    frames = {}
+    for overlap in (True, False):
+        out = tmp_path / f"out-{overlap}"
+        batch = Batch(read_inputs(photos), out, quick, options, engine="tiny")
+        rows = batch.run_local(overlap=overlap)
+        assert [r.status for r in rows] == ["done", "done", "rejected"]
+        assert batch.stats["overlap"] is overlap and 0 <= batch.stats["generator_idle_fraction"] < 1
+        assert batch.stats["generate_s"] > 0 and batch.stats["clips_per_hour"] > 0
+        assert verify(out / "b.mp4", default_trust_anchors(quick)).state == "Trusted"
+        frames[overlap] = decode_frames(out / "b.mp4", quick.story.width, quick.story.height)
+    assert np.array_equal(frames[True], frames[False])

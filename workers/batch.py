@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +25,8 @@ from pipeline.jobs import Keys, status_for
 from pipeline.provenance import default_trust_anchors, verify
 from pipeline.settings import Settings
 from pipeline.storage import open_storage, staged_path
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif"}
 COUNTS = ("done", "skipped", "blocked", "rejected", "failed", "running", "queued")
@@ -89,6 +93,7 @@ class Batch:
         self.on_update = on_update or (lambda rows: None)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.rows = [Row(input=str(i), output=str(o)) for i, o in zip(inputs, output_names(inputs, out_dir))]
+        self.stats: dict[str, Any] = {}
 
     def counts(self) -> dict[str, int]:
         c = {k: 0 for k in COUNTS}
@@ -107,27 +112,82 @@ class Batch:
         return todo
 
     # -- in-process ---------------------------------------------------------------------------------
-    def run_local(self) -> list[Row]:
-        from pipeline.run import animate
+    def run_local(self, overlap: bool = True) -> list[Row]:
+        """Photos in groups of ``performance.batch_clips`` (one model batch each). With ``overlap``
+        the CPU stages after generation (video check, finish, encode, label) of one group run in a
+        second thread while the next group generates, so the GPU is not left waiting for ffmpeg; at
+        most two groups are in memory. ``stats`` then says how busy the generator was."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from pipeline import run
 
         settings = self.settings
         if self.engine:
             settings = settings.model_copy(update={"engine": settings.engine.model_copy(update={"name": self.engine})})
-        for row in self._skip_finished():
-            row.status = "running"
-            self.on_update(self.rows)
-            started = time.perf_counter()
+        todo = self._skip_finished()
+        size = settings.performance.batch_clips
+        lock = threading.Lock()
+        began, generating = time.perf_counter(), 0.0
+
+        def update(row: Row, **values) -> None:
+            with lock:
+                for key, value in values.items():
+                    setattr(row, key, value)
+                self.on_update(self.rows)
+
+        def complete(row: Row, job: run.Job, started: float) -> None:
             try:
-                result = animate(Path(row.input), Path(row.output), settings, self.options, prompt=self.prompt,
-                                 story=self.story)
+                result = run.complete(job)
             except AliveError as exc:
-                row.status = status_for(exc)
-                row.reason, row.code = exc.message, exc.code
+                update(row, status=status_for(exc), reason=exc.message, code=exc.code,
+                       seconds=round(time.perf_counter() - started, 3))
             else:
-                row.status, row.job_id = "done", result.job_id
-                row.timings_s = result.report["timings_s"]
-            row.seconds = round(time.perf_counter() - started, 3)
-            self.on_update(self.rows)
+                update(row, status="done", job_id=result.job_id, timings_s=result.report["timings_s"],
+                       seconds=round(time.perf_counter() - started, 3))
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="alive-finish") as finisher:
+            behind: list = []  # the previous group's CPU stages, still running
+            for first in range(0, len(todo), size):
+                jobs = []
+                for row in todo[first:first + size]:
+                    started = time.perf_counter()
+                    update(row, status="running")
+                    try:
+                        job = run.start(Path(row.input), Path(row.output), settings, self.options,
+                                        prompt=self.prompt, story=self.story)
+                    except AliveError as exc:
+                        update(row, status=status_for(exc), reason=exc.message, code=exc.code,
+                               seconds=round(time.perf_counter() - started, 3))
+                        continue
+                    jobs.append((row, job, started))
+                if not jobs:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    run.generate_together([job for _, job, _ in jobs])
+                except AliveError as exc:
+                    for row, _, started in jobs:
+                        update(row, status=status_for(exc), reason=exc.message, code=exc.code,
+                               seconds=round(time.perf_counter() - started, 3))
+                    continue
+                finally:
+                    generating += time.perf_counter() - t0
+                for future in behind:
+                    future.result()
+                behind = [finisher.submit(complete, row, job, started) for row, job, started in jobs]
+                if not overlap:
+                    for future in behind:
+                        future.result()
+            for future in behind:
+                future.result()
+        wall = time.perf_counter() - began
+        done = sum(r.status == "done" for r in self.rows)
+        self.stats = {"wall_s": round(wall, 3), "generate_s": round(generating, 3),
+                      "generator_idle_fraction": round(1 - generating / wall, 4) if wall else 0.0,
+                      "clips_per_hour": round(done * 3600 / wall, 1) if wall else 0.0,
+                      "batch_clips": size, "overlap": overlap}
+        log.info("batch: %d done in %.1f s, generator idle %.0f%% of the time", done, wall,
+                 100 * self.stats["generator_idle_fraction"])
         return self.rows
 
     # -- through the broker -------------------------------------------------------------------------
