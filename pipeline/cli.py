@@ -126,7 +126,7 @@ def animate(
     language: Optional[str] = LANGUAGE_OPTION,
     audio: Optional[Path] = AUDIO_OPTION,
     ambience: Optional[str] = AMBIENCE_OPTION,
-    codec: Optional[str] = typer.Option(None, "--codec", help="libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc [libx264]."),
+    codec: Optional[str] = typer.Option(None, "--codec", help="auto (NVENC where usable, else libx264), libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc [auto]."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Optional text; moderated and kept in the report."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file (see configs/default.yaml)."),
     report: Optional[Path] = typer.Option(None, "--report", help="JSON report path [default: OUTPUT with .json]."),

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import os
 import re
 import shlex
@@ -54,6 +55,8 @@ from pipeline.errors import ConfigError, EncodeFailed
 from pipeline.probe import ffmpeg_exe, mp4_top_level_boxes, probe_video
 from pipeline.settings import EncodeSettings
 from pipeline.storage import create_temp_beside, publish
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CODECS", "EncodedVideo", "encode_mp4", "nvenc_problem", "write_poster", "probe_video",
            "mp4_top_level_boxes"]
@@ -114,6 +117,7 @@ class EncodedVideo:
     seconds: float
     container: str = "mp4"
     audio: dict[str, Any] | None = None  # probe facts of the muxed track: codec, sample_rate, channels, duration
+    encoder: str = ""  # the ffmpeg encoder that wrote it (codec ``auto`` resolved)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +204,15 @@ def _container_for(out_path: Path) -> str:
 def check_encoder(settings: EncodeSettings, out_path: str | Path) -> None:
     """Raise ConfigError now if these settings cannot encode to ``out_path`` (codec, container, crf,
     preset, bitrate, NVENC present): callers check before hours of generation, not after."""
-    _check_codec(settings, _container_for(Path(out_path)))
+    _check_codec(resolve_codec(settings), _container_for(Path(out_path)))
+
+
+def resolve_codec(settings: EncodeSettings) -> EncodeSettings:
+    """``codec: auto`` -> h264_nvenc when ffmpeg can open an NVENC engine here (a GPU with one and
+    its driver; asked once per process), else libx264. Other codecs pass through."""
+    if settings.codec != "auto":
+        return settings
+    return settings.model_copy(update={"codec": "h264_nvenc" if nvenc_problem() is None else "libx264"})
 
 
 def _check_codec(settings: EncodeSettings, container: str) -> None:
@@ -340,6 +352,7 @@ def _video_codec_args(settings: EncodeSettings) -> list[str]:
 def build_command(width: int, height: int, rate: Fraction, settings: EncodeSettings, output: Path, *,
                   container: str = "mp4", audio: _AudioMux | None = None) -> list[str]:
     """The ffmpeg argv for raw rgb24 frames on stdin (+ a WAV) -> MP4 or WebM at ``output``."""
+    settings = resolve_codec(settings)
     rate_text = f"{rate.numerator}/{rate.denominator}"
     command = [
         ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "warning",
@@ -486,7 +499,8 @@ def encode_mp4(
     it replaces ``out_path``.
     """
     started = time.perf_counter()
-    settings = settings or EncodeSettings()
+    asked = settings or EncodeSettings()
+    settings = resolve_codec(asked)
     out_path = Path(out_path)
     container = _container_for(out_path)
 
@@ -510,7 +524,16 @@ def encode_mp4(
     temp = _create_temp_beside(out_path, f".part.{container}")
     command = build_command(width, height, rate, settings, temp, container=container, audio=track)
     try:
-        _run_ffmpeg(command, frames, settings.timeout_s, progress)
+        try:
+            _run_ffmpeg(command, frames, settings.timeout_s, progress)
+        except EncodeFailed as exc:
+            if asked.codec != "auto" or settings.codec == "libx264" or exc.code == "encode_timeout":
+                raise
+            # auto chose NVENC and it failed on the real frames (driver, session limit): the CPU encoder
+            log.warning("h264_nvenc failed (%s); encoding with libx264 instead", exc.message.splitlines()[0])
+            settings = settings.model_copy(update={"codec": "libx264"})
+            command = build_command(width, height, rate, settings, temp, container=container, audio=track)
+            _run_ffmpeg(command, frames, settings.timeout_s, progress)
 
         # 3. prove the file is what we asked for before anyone can see it
         size = temp.stat().st_size
@@ -543,6 +566,7 @@ def encode_mp4(
         path=out_path, width=width, height=height, fps=float(fps), frames=facts["frames"],
         codec=facts["codec"], pix_fmt=facts["pix_fmt"], profile=facts["profile"],
         bytes=facts["bytes"], seconds=time.perf_counter() - started, container=container, audio=facts["audio"],
+        encoder=settings.codec,
     )
 
 

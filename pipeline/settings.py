@@ -171,7 +171,8 @@ class PerformanceSettings(_Section):
 
 
 class EncodeSettings(_Section):
-    codec: str = Field("libx264", description="libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc")
+    codec: str = Field("auto", description="auto (h264_nvenc where this machine's ffmpeg can use an NVENC engine, "
+                                           "else libx264), libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc")
     crf: int = Field(18, ge=0, le=63, description="quality (libx264/5: 0..51, svtav1/vp9: 0..63); lower is better")
     preset: str = Field("medium", description="encoder speed/size trade-off (x264/x265 names; mapped for others)")
     profile: str = "high"

@@ -178,8 +178,8 @@ def encode(story: Finished, video: Path, poster: Path, preview: Path, settings: 
     if track:
         actions.append(_audio_action(track))
     actions.append({"action": "c2pa.transcoded", "parameters": {
-        "description": f"encoded with {encoded.codec} ({settings.encode.codec}, crf {settings.encode.crf})",
-        "codec": encoded.codec, "encoder": settings.encode.codec, "crf": settings.encode.crf}})
+        "description": f"encoded with {encoded.codec} ({encoded.encoder}, crf {settings.encode.crf})",
+        "codec": encoded.codec, "encoder": encoded.encoder, "crf": settings.encode.crf}})
     write_poster(story.frames[story.poster_index], poster, settings.encode.poster_quality)
     # the first 3 s at the preview's rate: only the frames it shows are stacked (not 90 full-size ones)
     rate = min(story.fps, settings.story.preview_fps)

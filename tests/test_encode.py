@@ -462,6 +462,29 @@ def test_nvenc_without_a_usable_gpu_says_so(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_auto_codec_takes_nvenc_only_where_ffmpeg_can_open_it(tmp_path, monkeypatch):
+    """auto -> libx264 on this machine (ffmpeg's NVENC test encode fails). Where the test encode
+    passes but the real encode then fails (driver, session limit), auto falls back to libx264; here
+    that is simulated by telling the module NVENC is usable: the real h264_nvenc encode then fails
+    for real (no libcuda) and the file must still come out, from libx264."""
+    import pipeline.encode as encode
+
+    if nvenc_problem() is None:
+        pytest.skip("this machine can encode with NVENC")
+    assert EncodeSettings().codec == "auto"
+    assert encode.resolve_codec(EncodeSettings()).codec == "libx264"
+    done = encode_mp4(gradient_frames(4), tmp_path / "a.mp4", 24)
+    assert (done.encoder, done.codec) == ("libx264", "h264")
+    monkeypatch.setattr(encode, "nvenc_problem", lambda: None)
+    assert encode.resolve_codec(EncodeSettings()).codec == "h264_nvenc"
+    done = encode_mp4(gradient_frames(4), tmp_path / "b.mp4", 24, EncodeSettings(codec="auto"))
+    assert (done.encoder, done.codec, done.frames) == ("libx264", "h264", 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]  # no temp file left
+    with pytest.raises(EncodeFailed):  # asked for by name: no silent fallback
+        encode_mp4(gradient_frames(4), tmp_path / "c.mp4", 24, EncodeSettings(codec="h264_nvenc", crf=23))
+    assert not (tmp_path / "c.mp4").exists()
+
+
 def test_nvenc_command_maps_crf_to_cq_and_preset_to_p_levels(tmp_path):
     from fractions import Fraction
 
