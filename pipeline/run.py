@@ -93,25 +93,12 @@ class Job:
     made: stages.Generated | None = None
 
 
-def animate(
-    source: bytes | str | Path,
-    output: str | Path,
-    settings: Settings,
-    options: GenerationOptions | None = None,
-    *,
-    story: StoryOptions | None = None,
-    audio_file: str | Path | None = None,
-    prompt: str | None = None,
-    poster: str | Path | None = None,
-    preview: str | Path | None = None,
-    report: str | Path | None = None,
-    job_id: str | None = None,
-    progress: StageProgress | None = None,
-) -> Result:
+def animate(source: bytes | str | Path, output: str | Path, settings: Settings,
+            options: GenerationOptions | None = None, **request: Any) -> Result:
     """Run the chain for one photo and write the labelled video, its poster JPEG, an animated WebP
-    preview and a JSON report."""
-    job = start(source, output, settings, options, story=story, audio_file=audio_file, prompt=prompt, poster=poster,
-                preview=preview, report=report, job_id=job_id, progress=progress)
+    preview and a JSON report. ``request`` is ``start``'s keyword arguments (story, audio_file,
+    prompt, poster, preview, report, job_id, progress)."""
+    job = start(source, output, settings, options, **request)
     generate_together([job])
     return complete(job)
 
