@@ -19,6 +19,17 @@ Quality guard: PSNR/SSIM of each row's frames against ours with default settings
 weights). With random weights the frames are structured noise, so these figures show how far a
 switch moves the output, not how good a real video looks.
 
+Two further kinds of rows:
+- few-step: ``PerformanceSettings(sampler="consistency")`` (the multistep consistency sampler that
+  AnimateLCM-SVD-xt's UNet is distilled for) with 4 steps and no CFG, i.e. 4 UNet samples where the
+  25-step CFG baseline takes 50. Random weights are not AnimateLCM's, so its frames say nothing about
+  quality. On CPU the reduced shape has only 2 steps (4 samples with CFG), so the speed-up a 25-step
+  run would see is estimated from the baseline's measured per-sample UNet time, and labelled so.
+- several clips: 2 clips (astronaut, seed s; chelsea, seed s+1) made one after the other with two
+  engine calls, against the same 2 in one ``generate_batch`` call (one UNet batch); seconds per clip
+  and clips per hour for each. The batch row's guard compares its first clip with the sequential
+  row's first clip (same image and seed: the same clip up to float rounding of batched kernels).
+
 Prints a Markdown section; ``--write`` appends it to benchmarks/RESULTS.md.
 """
 
@@ -75,6 +86,15 @@ class Row:
     samples: str
     frames: np.ndarray = field(repr=False)
     notes: str = ""
+    clips: int = 1  # clips this row made (its times and FLOPs are for all of them)
+    kind: str = ""  # "few-step", "sequential", "batch": rows the report explains below the table
+    all_frames: list = field(default_factory=list, repr=False)  # every clip's frames (frames = the first)
+    reference: "Row | None" = field(default=None, repr=False)  # guard against this row instead of ours default
+    guard_note: str = ""
+
+    @property
+    def per_clip_s(self) -> float:
+        return self.total_s / self.clips
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -194,8 +214,12 @@ def run_baseline(pipe, image, shape, seed: int, device: str, flops: FlopTable, c
 
 
 def run_ours(engine: SvdEngine, name: str, perf: PerformanceSettings, changed: str, image, options, device: str,
-             flops: FlopTable, repeats: int) -> Row:
+             flops: FlopTable, repeats: int, *, images: list | None = None, seeds: list[int] | None = None,
+             together: bool = False, kind: str = "") -> Row:
+    """One clip with ``engine(image, options)``; or, with ``images``/``seeds``, several clips: one
+    engine call each (``together=False``) or one ``generate_batch`` call (one UNet batch)."""
     engine.configure(perf)
+    images, seeds = images or [image], seeds or [options.seed]
     notes = []
     if perf.compile:
         warm = engine.warm_up((options.width, options.height))
@@ -205,18 +229,30 @@ def run_ours(engine: SvdEngine, name: str, perf: PerformanceSettings, changed: s
         reset_peak(device)
         sync(device)
         t0 = time.perf_counter()
-        clip = engine(image, options)
+        if together:
+            clips = engine.generate_batch(images, options, seeds)
+            parts = [dict(engine.last_timings)]
+        else:
+            clips, parts = [], []
+            for img, seed in zip(images, seeds):
+                clips.append(engine(img, options.model_copy(update={"seed": seed})))
+                parts.append(dict(engine.last_timings))
         total = time.perf_counter() - t0
         mem = peak(device)
         loads.append(os.getloadavg()[0])
         if best is None or total < best[0]:
-            best = (total, mem, dict(engine.last_timings), clip.frames)
-    total, mem, t, frames = best
+            best = (total, mem, parts, [c.frames for c in clips])
+    total, mem, parts, frames = best
+    t = {k: sum(p[k] for p in parts) for k in ("encode_s", "unet_s", "unet_samples", "cached_samples")}
+    first = parts[0]
     notes.append(load_note(loads))
+    n = len(images)
     unet_flops = flops.unet_sample * t["unet_samples"] + flops.cached_sample * t["cached_samples"]
-    return Row(name, changed + f" (preset {t['preset']}, decode chunk {t['decode_chunk']})", t["encode_s"], t["unet_s"],
-               total - t["encode_s"] - t["unet_s"], total, mem, flops.encode + unet_flops + flops.decode(t["decode_chunk"]),
-               unet_flops, f"{t['unet_samples']} / {t['cached_samples']}", frames, "; ".join(n for n in notes if n))
+    all_flops = n * (flops.encode + flops.decode(first["decode_chunk"])) + unet_flops
+    return Row(name, changed + f" (preset {first['preset']}, decode chunk {first['decode_chunk']})", t["encode_s"],
+               t["unet_s"], total - t["encode_s"] - t["unet_s"], total, mem, all_flops, unet_flops,
+               f"{t['unet_samples']} / {t['cached_samples']}", frames[0], "; ".join(x for x in notes if x),
+               clips=n, kind=kind, all_frames=frames)
 
 
 def main() -> None:
@@ -284,6 +320,28 @@ def main() -> None:
         rows.append(run_ours(engine, name, default.model_copy(update=changes), changed, image, options, device,
                              flops, repeats))
         print(name, f"{rows[-1].total_s:.1f} s", flush=True)
+    # Few-step: the consistency sampler, 4 steps, no CFG (set explicitly, as engine.resolve would fill them).
+    few = GenerationOptions.build(seed=args.seed, num_frames=frames, num_inference_steps=4, width=width,
+                                  height=height, decode_chunk_size=DOCS_DECODE_CHUNK, max_guidance_scale=1.0)
+    rows.append(run_ours(engine, "ours, few-step consistency sampler (4 steps, no CFG)",
+                         default.model_copy(update={"sampler": "consistency"}),
+                         "sampler=consistency, num_inference_steps=4, max_guidance_scale=1.0", image, few, device,
+                         flops, repeats, kind="few-step"))
+    rows[-1].guard_note = "other sampler, random weights: not a quality figure"
+    print(rows[-1].name, f"{rows[-1].total_s:.1f} s", flush=True)
+    # Several clips: the same two images and seeds one after the other, then in one UNet batch.
+    second, _ = fit_to_size(Image.open(REPO / "examples" / "chelsea.jpg").convert("RGB"), width, height, "crop")
+    pair, seeds = [image, second], [args.seed, args.seed + 1]
+    rows.append(run_ours(engine, "ours, 2 clips one after the other", default,
+                         f"two engine calls (astronaut seed {seeds[0]}, chelsea seed {seeds[1]})", image, options,
+                         device, flops, repeats, images=pair, seeds=seeds, kind="sequential"))
+    sequential = rows[-1]
+    print(rows[-1].name, f"{rows[-1].total_s:.1f} s", flush=True)
+    rows.append(run_ours(engine, "ours, 2 clips in one UNet batch (batch_clips=2)", default,
+                         f"one generate_batch call, same images and seeds {seeds}", image, options, device, flops,
+                         repeats, images=pair, seeds=seeds, together=True, kind="batch"))
+    rows[-1].reference, rows[-1].guard_note = sequential, "clip 1 vs the sequential row's clip 1"
+    print(rows[-1].name, f"{rows[-1].total_s:.1f} s", flush=True)
     # The baseline once more at the end: if the machine got busier or quieter during the run, the two
     # baseline rows disagree and every ratio should be read with that spread in mind.
     engine.configure(DIFFUSERS_STATE)
@@ -336,20 +394,23 @@ def report(rows: list[Row], args, device: str, shape, repeats: int, build_s: flo
         f"(CFG step = 2 samples), cached DeepCache pass {flops.cached_sample / 1e12:.2f} TFLOP, "
         f"encode (CLIP + VAE) {flops.encode / 1e12:.2f} TFLOP, decode {flops.decode(frames) / 1e12:.2f} TFLOP.",
         "",
-        f"| row | settings | encode s | UNet loop s | decode s | total s | speed-up vs baseline | {mem_label} | "
-        "UNet samples full / cached | TFLOP/s (all / UNet) | PSNR dB / SSIM vs ours default |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Rows that make 2 clips give stage and total seconds, samples and FLOPs for both clips together; "
+        "`s per clip (clips/h)` divides by the clips made, and speed-up compares seconds per clip.",
+        "",
+        f"| row | settings | encode s | UNet loop s | decode s | total s | s per clip (clips/h) | speed-up vs baseline "
+        f"| {mem_label} | UNet samples full / cached | TFLOP/s (all / UNet) | PSNR dB / SSIM vs ours default |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        if r is ours:
-            guard = "reference"
-        else:
-            p = psnr(ours.frames, r.frames)
-            guard = f"{'inf' if p == float('inf') else f'{p:.1f}'} / {ssim(ours.frames, r.frames):.4f}"
+        guard = "reference" if r is ours else guard_text(r.reference or ours, r)
+        if r.guard_note:
+            guard += f" ({r.guard_note})"
         lines.append(
             f"| {r.name} | {r.settings}{'; ' + r.notes if r.notes else ''} | {r.encode_s:.2f} | {r.unet_s:.2f} | "
-            f"{r.decode_s:.2f} | {r.total_s:.2f} | {base.total_s / r.total_s:.2f}x | {r.peak_bytes / 2**30:.2f} GiB | "
+            f"{r.decode_s:.2f} | {r.total_s:.2f} | {r.per_clip_s:.2f} ({3600 / r.per_clip_s:.0f}) | "
+            f"{base.per_clip_s / r.per_clip_s:.2f}x | {r.peak_bytes / 2**30:.2f} GiB | "
             f"{r.samples} | {r.flops / r.total_s / 1e12:.2f} / {r.unet_flops / r.unet_s / 1e12:.2f} | {guard} |")
+    lines += explain_new_rows(rows, base, cuda, steps, args.seed)
     if not cuda:
         lines += [
             "",
@@ -361,8 +422,64 @@ def report(rows: list[Row], args, device: str, shape, repeats: int, build_s: flo
         ] + [f"| {name} | not yet measured | not yet measured | not yet measured | not yet measured |" for name in (
             "baseline: `StableVideoDiffusionPipeline.__call__`", "ours, default settings", "ours, memory low-vram",
             "ours, compile", "ours, compile + cfg_last_fraction 0.2 + cache_interval 2",
-            "ours, default settings, bf16 weights")]
+            "ours, default settings, bf16 weights", "ours, few-step consistency sampler (4 steps, no CFG)",
+            "ours, 2 clips one after the other", "ours, 2 clips in one UNet batch (batch_clips=2)")]
     return "\n".join(lines) + "\n"
+
+
+def guard_text(ref: Row, r: Row, a: np.ndarray | None = None, b: np.ndarray | None = None) -> str:
+    a, b = ref.frames if a is None else a, r.frames if b is None else b
+    p = psnr(a, b)
+    return f"{'inf' if p == float('inf') else f'{p:.1f}'} / {ssim(a, b):.4f}"
+
+
+def explain_new_rows(rows: list[Row], base: Row, cuda: bool, steps: int, seed: int) -> list[str]:
+    """The few-step and several-clips figures the table cannot show: what each compares with."""
+    kinds = {r.kind: r for r in rows if r.kind}
+    out: list[str] = []
+    few = kinds.get("few-step")
+    if few is not None:
+        base_samples, few_samples = int(base.samples.split(" / ")[0]), int(few.samples.split(" / ")[0])
+        per_base, per_few = base.unet_s / base_samples, few.unet_s / few_samples
+        step_word = "step" if steps == 1 else "steps"
+        out += ["", f"Few-step sampler: {few_samples} UNet samples (4 steps, no CFG) against the baseline's "
+                    f"{base_samples} ({steps} {step_word} x 2 for CFG)."]
+        if cuda and steps == 25:
+            out[-1] += (f" Measured at the production shape: {few.total_s:.2f} s against {base.total_s:.2f} s "
+                        f"({base.total_s / few.total_s:.2f}x), UNet loop {few.unet_s:.2f} s against "
+                        f"{base.unet_s:.2f} s ({base.unet_s / few.unet_s:.2f}x).")
+        else:
+            full = 50  # 25 steps x 2 (CFG): the production step count
+            est_loop = full * per_base
+            est_total = base.encode_s + base.decode_s + est_loop
+            out[-1] += (
+                f" This reduced shape has only {steps} {step_word}, so the measured rows compare {few_samples} "
+                f"samples with {base_samples}, not with a production run's 50 ({few.total_s:.2f} s against "
+                f"{base.total_s:.2f} s). Measured per-sample UNet time: "
+                f"{per_base:.2f} s in the baseline row (batch of 2 for CFG), {per_few:.2f} s in the few-step row "
+                f"(batch of 1). **Estimated from per-sample time, not measured:** a 25-step CFG run at this shape "
+                f"would take {full} samples x {per_base:.2f} s = {est_loop:.0f} s in the UNet loop and "
+                f"~{est_total:.0f} s in all (the baseline row's measured encode + decode added); against the few-step row's measured "
+                f"{few.unet_s:.2f} s loop and {few.total_s:.2f} s total that is ~{est_loop / few.unet_s:.1f}x "
+                f"for the loop and ~{est_total / few.total_s:.1f}x for the clip ({full / few_samples:.1f}x fewer "
+                f"UNet samples).")
+        out.append("Its PSNR/SSIM against ours default compares two samplers on random weights (which are "
+                   "not AnimateLCM's distilled UNet) and means nothing about quality; a real quality figure "
+                   "needs the AnimateLCM-SVD-xt UNet weights (`engine.unet_weights`), which this run did not "
+                   "have.")
+    seq, bat = kinds.get("sequential"), kinds.get("batch")
+    if seq is not None and bat is not None:
+        out += ["", f"Several clips: 2 clips one after the other took {seq.total_s:.2f} s ({seq.per_clip_s:.2f} s "
+                    f"per clip, {3600 / seq.per_clip_s:.0f} clips/h); the same 2 in one UNet batch "
+                    f"{bat.total_s:.2f} s ({bat.per_clip_s:.2f} s per clip, {3600 / bat.per_clip_s:.0f} clips/h): "
+                    f"{seq.total_s / bat.total_s:.2f}x the clips per hour (UNet loop {seq.unet_s:.2f} s -> "
+                    f"{bat.unet_s:.2f} s, {seq.unet_s / bat.unet_s:.2f}x; encode and decode stay per clip)."]
+        same = [guard_text(seq, bat, a, b) for a, b in zip(seq.all_frames, bat.all_frames)]
+        out[-1] += (f" Batched against sequential, same image and seed, PSNR dB / SSIM: clip 1 (seed {seed}) "
+                    f"{same[0]}" + (f", clip 2 (seed {seed + 1}) {same[1]}" if len(same) > 1 else "")
+                    + " (each clip draws its own seed's noise, so these should be ~identical: any difference is "
+                    "float rounding of batched kernels).")
+    return out
 
 
 if __name__ == "__main__":

@@ -20,6 +20,13 @@ What these tests established (Celery 5.7.0, kombu 5.7.0, embedded redis-server 6
   at once in 1 run of 7); otherwise the task returns ``visibility_timeout`` after its delivery,
   like a killed worker's (received again 63-72 s after its first delivery here, as it queued
   behind the other job's rerun). With a real outage, expect the latter every time.
+  That cancel first stores RETRY in the result backend (the same Redis) and only then marks the
+  request cancelled; when that write failed (server not yet back), the terminated child was taken
+  for a revoke: REVOKED stored and the message *acked* on the new server, so it never came back
+  (this test's flake: job B stuck at "generate 1/40"; 2 of 12 restarts in a loop). Hence
+  ``result_backend_always_retry`` in workers/app.py (0 of 20 lost, 3 of them through that path).
+- The restore sweep's lock (``unacked_mutex``) survives a holder killed mid-sweep and a restart
+  during a sweep (AOF); kombu's 300 s expiry would stop every restore that long, so it is 10 s.
 - Killing only a prefork *child* is cheap: the parent sees WorkerLostError and, with
   ``task_reject_on_worker_lost``, requeues the message at once (~0.5 s), whatever the visibility
   timeout. No failure is stored and the chain's error callback does not run.

@@ -18,6 +18,8 @@ from workers.broker import embedded_broker
 log = logging.getLogger(__name__)
 
 TASK_MODULES = ["workers.tasks", "service.webhooks"]
+#: Seconds the Redis restore sweep's lock lives (kombu default: 300); see celery_config.
+UNACKED_MUTEX_EXPIRE_S = 10
 
 
 def broker_url(settings: Settings) -> str:
@@ -56,6 +58,13 @@ def celery_config(settings: Settings) -> dict:
         "task_routes": {"alive.generate": {"queue": w.gpu_queue}, "alive.*": {"queue": w.cpu_queue}},
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,  # they come back via redelivery
+        # ... but only if that cancel can write RETRY to the result backend. Celery 5.7 marks the request
+        # as cancelled *after* that write; when it raises (the backend is the broker's Redis, just gone),
+        # the terminated child is then taken for a revoke and its message is ACKED: lost, never
+        # redelivered (tests/test_faults.py, first test: ~1 broker restart in 6 lost the running task).
+        # So backend operations wait for the backend to come back instead of failing.
+        "result_backend_always_retry": True,
+        "result_backend_max_sleep_between_retries_ms": 1000,  # notice a returned backend within ~1 s
         "result_expires": int(settings.storage.retention_hours * 3600),
         "worker_hijack_root_logger": False,
         "task_soft_time_limit": w.cpu_soft_time_limit_s,
@@ -71,6 +80,11 @@ def celery_config(settings: Settings) -> dict:
             "visibility_timeout": w.visibility_timeout_s,
             "unacked_restore_interval": w.unacked_restore_interval_s,  # look for lost tasks often ...
             "unacked_restore_throttle": 1,  # ... and put them back without the default pauses
+            # The sweep's lock outlives a holder that dies mid-sweep (SIGKILL) and a broker restart
+            # during a sweep (the AOF keeps it): kombu's default 300 s would stop every restore for
+            # 5 minutes. A sweep holds it for milliseconds, and restoring one message is a WATCHed
+            # transaction, so two sweeps overlapping after a short expiry still restore it only once.
+            "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
         }
         config["broker_transport_options"] = transport
         config["result_backend_transport_options"] = {"visibility_timeout": w.visibility_timeout_s}
