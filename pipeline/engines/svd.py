@@ -259,10 +259,11 @@ class SvdEngine(Engine):
             update["num_inference_steps"] = self.performance.few_steps
         if "max_guidance_scale" not in options.model_fields_set:
             update["max_guidance_scale"] = max(1.0, options.min_guidance_scale)
-        if options.model_copy(update=update).num_inference_steps > ConsistencySampler.train_steps:
+        resolved = options.model_copy(update=update)
+        if resolved.num_inference_steps > ConsistencySampler.train_steps:
             raise ConfigError(f"the consistency sampler takes at most {ConsistencySampler.train_steps} steps, "
-                              f"got {options.num_inference_steps}", code="bad_option")
-        return options.model_copy(update=update)
+                              f"got {resolved.num_inference_steps}", code="bad_option")
+        return resolved
 
     # -- performance switches --------------------------------------------------------------------
     def configure(self, performance: PerformanceSettings) -> None:
