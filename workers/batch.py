@@ -135,12 +135,15 @@ class Batch:
                     setattr(row, key, value)
                 self.on_update(self.rows)
 
+        def failed(row: Row, exc: AliveError, started: float) -> None:
+            update(row, status=status_for(exc), reason=exc.message, code=exc.code,
+                   seconds=round(time.perf_counter() - started, 3))
+
         def complete(row: Row, job: run.Job, started: float) -> None:
             try:
                 result = run.complete(job)
             except AliveError as exc:
-                update(row, status=status_for(exc), reason=exc.message, code=exc.code,
-                       seconds=round(time.perf_counter() - started, 3))
+                failed(row, exc, started)
             else:
                 update(row, status="done", job_id=result.job_id, timings_s=result.report["timings_s"],
                        seconds=round(time.perf_counter() - started, 3))
@@ -156,8 +159,7 @@ class Batch:
                         job = run.start(Path(row.input), Path(row.output), settings, self.options,
                                         prompt=self.prompt, story=self.story)
                     except AliveError as exc:
-                        update(row, status=status_for(exc), reason=exc.message, code=exc.code,
-                               seconds=round(time.perf_counter() - started, 3))
+                        failed(row, exc, started)
                         continue
                     jobs.append((row, job, started))
                 if not jobs:
@@ -167,8 +169,7 @@ class Batch:
                     run.generate_together([job for _, job, _ in jobs])
                 except AliveError as exc:
                     for row, _, started in jobs:
-                        update(row, status=status_for(exc), reason=exc.message, code=exc.code,
-                               seconds=round(time.perf_counter() - started, 3))
+                        failed(row, exc, started)
                     continue
                 finally:
                     generating += time.perf_counter() - t0
