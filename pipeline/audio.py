@@ -274,6 +274,18 @@ def _decode_file(path: Path, seconds: float, sample_rate: int) -> tuple[np.ndarr
     return samples, float(source_seconds)
 
 
+def check_audio_bytes(data: bytes, settings: AudioSettings) -> None:
+    """Refuse (InputRejected, bad_audio) a sound file that would fail the encode stage: called when
+    a job is submitted, so a bad file never waits behind a generation. The bytes go to a private
+    temp file that is removed at once."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="alive-audio-") as folder:
+        path = Path(folder) / "sound"
+        path.write_bytes(data)
+        _decode_file(path, 1.0, settings.sample_rate)
+
+
 # ---------------------------------------------------------------------------------------------
 # the track
 

@@ -130,12 +130,18 @@ def animate(
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Optional text; moderated and kept in the report."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file (see configs/default.yaml)."),
     report: Optional[Path] = typer.Option(None, "--report", help="JSON report path [default: OUTPUT with .json]."),
-    poster: Optional[Path] = typer.Option(None, "--poster", help="Poster JPEG path [default: OUTPUT with .jpg]."),
+    poster: Optional[Path] = typer.Option(None, "--poster", help="Poster JPEG path [default: OUTPUT with .jpg; "
+                                          "OUTPUT.poster.jpg when that is IMAGE]."),
     preview: Optional[Path] = typer.Option(None, "--preview", help="Animated WebP preview [default: OUTPUT with .webp]."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
 ) -> None:
     """Animate IMAGE into a labelled 9:16 story MP4: 1080x1920, 30 fps, 4 s pingpong loop, visible
-    AI label, silent sound track (+ poster JPEG, WebP preview and JSON report)."""
+    AI label, silent sound track (+ poster JPEG, WebP preview and JSON report).
+
+    Never writes over IMAGE or the --audio file: a name you give (-o, --poster, --preview, --report)
+    that is one of them (also through a link) is refused with exit 2; a default name that would hit
+    one, or a file alive did not write, becomes a free one (cat.jpg -> poster cat.poster.jpg) and a
+    note says so."""
 
     def work() -> int:
         from pipeline.engines import GenerationOptions
@@ -154,9 +160,8 @@ def animate(
                                ambience=ambience)
         if audio is not None and not audio.is_file():
             raise ConfigError(f"--audio {audio}: no such file", code="bad_option")
-        target = output or Path(image.stem + ".mp4")
-        with _StageBar(enabled=not json_out) as bar:
-            result = run_animate(image, target, settings, options, story=story, audio_file=audio, prompt=prompt,
+        with _StageBar(enabled=not json_out) as bar:  # output None: IMAGE's name + .mp4 here (pipeline/outputs.py)
+            result = run_animate(image, output, settings, options, story=story, audio_file=audio, prompt=prompt,
                                  poster=poster, preview=preview, report=report, progress=bar.update)
         doc = result.report
         if json_out:
@@ -175,7 +180,9 @@ def animate(
                   + f", sound: {doc['audio']['kind'] if doc['audio'] else 'none'}, flicker {fin['flicker']}")
         out.print(f"engine  {doc['engine']['engine']}" + (f" ({doc['engine']['model']})" if doc["engine"].get("model") else "")
                   + f", seed {doc['seed']}")
-        out.print(f"label   C2PA {c2pa['state']}, AI-generated: {'yes' if c2pa['ai_generated'] else 'no'}"
+        term = (c2pa.get("digital_source_type") or "none").rstrip("/").rsplit("/", 1)[-1]  # made by what
+        out.print(f"label   C2PA {c2pa['state']}, digitalSourceType {term}, "
+                  f"AI-generated: {'yes' if c2pa['ai_generated'] else 'no'}"
                   + (" (development certificate: not trusted elsewhere)" if doc["c2pa"]["development_credentials"] else ""))
         for note in doc["notes"]:
             out.print(f"note    {note}")
@@ -193,27 +200,49 @@ def verify(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Print the C2PA Content Credentials of FILE; exit 0 only when they validate."""
+    """Print the C2PA Content Credentials of FILE; exit 0 only when they validate.
+
+    Exit 1 when they do not: no credentials, invalid ones, or FILE is not a video or image at all
+    (state NotMedia, error not_a_video: empty, JSON such as an API error body, HTML, text)."""
 
     def work() -> int:
+        from rich.markup import escape
+
+        from pipeline.provenance import NOT_MEDIA, NOT_MEDIA_CODE, source_type_name
         from pipeline.provenance import verify as verify_file
 
         anchors = _trust_anchors(trust, config)
         result = verify_file(file, anchors)
         if json_out:
-            out.print_json(json.dumps(result.to_dict(), default=str))
+            doc = result.to_dict()
+            if result.state == NOT_MEDIA:
+                doc["error"] = {"code": NOT_MEDIA_CODE, "message": result.detail}
+            out.print_json(json.dumps(doc, default=str))
+        elif result.state == NOT_MEDIA:
+            out.print(f"file                {file}", markup=False)
+            out.print(f"state               {result.state}", markup=False)
+            err.print(f"[bold red]error[/] ({NOT_MEDIA_CODE}): {escape(result.detail or '')}", markup=True)
         else:
-            out.print(f"file                {file}")
-            out.print(f"state               {result.state}")
-            out.print(f"AI-generated        {'yes' if result.ai_generated else 'no'}")
-            out.print(f"digitalSourceType   {result.digital_source_type}")
-            out.print(f"generator           {result.generator}")
-            out.print(f"software agent      {result.software_agent}")
-            out.print(f"title               {result.title}")
-            out.print(f"signer              {result.signer}")
-            out.print(f"source thumbnail    {'embedded' if result.has_ingredient_thumbnail else 'none'}")
+            name = source_type_name(result.digital_source_type)
+            lines = [  # texts from the file's manifest are printed as they are (markup=False)
+                f"file                {file}",
+                f"state               {result.state}",
+                f"AI-generated        {'yes' if result.ai_generated else 'no'}",
+                f"digitalSourceType   {result.digital_source_type}" + (f" ({name})" if name else ""),
+                f"generator           {result.generator}",
+                f"software agent      {result.software_agent}",
+                f"title               {result.title}",
+                f"signer              {result.signer}",
+            ]
+            if result.signer_trust:
+                lines.append(f"signer trust        {result.signer_trust}")
+            lines.append(f"source thumbnail    {'embedded' if result.has_ingredient_thumbnail else 'none'}")
             if result.status_codes:
-                out.print("status codes        " + ", ".join(result.status_codes))
+                lines.append("status codes        " + ", ".join(result.status_codes))
+            if result.detail:
+                lines.append(f"detail              {result.detail}")
+            for line in lines:
+                out.print(line, markup=False)
         return 0 if result.state in ("Valid", "Trusted") else 1
 
     _guard(work)
@@ -330,9 +359,12 @@ def worker(
         from workers.app import app as celery_app
         from workers.client import connect
 
+        from service.api import harden_data_dir
+
         settings = _settings(config)
+        harden_data_dir(settings)  # umask 077: the store, logs, database and broker files it makes are 0600
         connect(settings)
-        names = {"cpu": settings.worker.cpu_queue, "gpu": settings.worker.gpu_queue}
+        names = {"cpu": settings.worker.cpu_queue, "gpu": settings.worker.gpu_queue, "webhooks": settings.worker.webhook_queue}
         wanted = [names.get(q.strip(), q.strip()) for q in queues.split(",") if q.strip()]
         argv = ["worker", f"--queues={','.join(wanted)}", f"--concurrency={concurrency}", f"--pool={pool}",
                 f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
@@ -464,6 +496,10 @@ def batch(
 ) -> None:
     """Animate many photos; resumable; writes OUT/summary.jsonl with a row per input.
 
+    OUT may be the photos' own folder: no output ever replaces an input (a.jpg's poster is then
+    a.poster.jpg; the row's notes and a `note` line say so), and an earlier run's posters found
+    there are skipped, not animated.
+
     Exit 0 when every item is done or skipped, 1 when some were blocked, rejected or failed.
     """
 
@@ -499,6 +535,11 @@ def batch(
                     job.run_queued(timeout=timeout)
         summary = job.write_summary(out_dir / "summary.jsonl")
         counts = job.counts()
+        for row in job.rows:  # names moved off an input, earlier runs' posters not taken for photos
+            for note in row.notes:
+                out.print(f"note    {Path(row.input).name}: {note}")
+            if row.code == "earlier_output":
+                out.print(f"note    {Path(row.input).name} skipped, {row.reason}")
         out.print(" ".join(f"{k} {v}" for k, v in counts.items() if v) + f"  (summary: {summary})")
         if job.stats:
             s = job.stats
@@ -528,30 +569,165 @@ def cleanup(config: Optional[Path] = typer.Option(None, "--config", "-c", help="
 def serve(
     host: Optional[str] = typer.Option(None, "--host", help="Address to listen on [api.host: 127.0.0.1]."),
     port: Optional[int] = typer.Option(None, "--port", help="Port [api.port: 8000]."),
-    spawn_workers: bool = typer.Option(True, "--spawn-workers/--no-spawn-workers",
-                                       help="Start a gpu-queue and a cpu-queue worker when none answer."),
+    spawn_workers: bool = typer.Option(True, "--spawn-workers/--no-spawn-workers", "--workers/--no-workers",
+                                       help="Start gpu-queue, cpu-queue and webhooks-queue workers when none answer "
+                                            "(--no-workers: this host serves the API only)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
 ) -> None:
-    """Run the HTTP API (+ the page at /) with the embedded broker, workers and SQLite; prints a demo key."""
+    """Run the HTTP API (+ the page at /) with the embedded broker, workers and SQLite.
+
+    When the database holds no live API key yet, a demo key is made and printed once (as the
+    header to send); later starts print none: make keys with `alive keys create`. SIGTERM and
+    Ctrl-C stop the server and the workers it started.
+    """
 
     def work() -> int:
+        import signal
+
         import uvicorn
 
         from service import db
-        from service.api import create_app
+        from service.api import create_app, harden_data_dir
         from workers.client import local_workers_if_needed
 
         settings = _settings(config, jobs={"store": "database"})
+        harden_data_dir(settings)
         url = db.database_url(settings)
         db.migrate(url)
-        _, demo_key = db.create_api_key(url, "demo (alive serve)")
+        demo = None
+        if not db.has_live_keys(url):
+            row, demo = db.create_api_key(url, "demo (alive serve)")
         listen_host, listen_port = host or settings.api.host, port or settings.api.port
+        app_ = create_app(settings)
+
+        def _stop(signum, frame):  # uvicorn re-raises SIGTERM after its shutdown: end here, cleanly,
+            raise SystemExit(128 + signum)  # so the workers started below are stopped too
+
+        signal.signal(signal.SIGTERM, _stop)
         with local_workers_if_needed(settings, config, spawn=spawn_workers, notify=err.print,
                                      env={"ALIVE_JOBS__STORE": "database"}):
             out.print(f"alive API on http://{listen_host}:{listen_port}/  (OpenAPI: /docs)")
-            out.print(f"demo API key: {demo_key}")
-            out.print(f"try it:  http://{listen_host}:{listen_port}/?key={demo_key}")
-            uvicorn.run(create_app(settings), host=listen_host, port=listen_port, log_level="info")
+            if demo:
+                out.print(f"demo API key (shown once; send it as a header, and type it into the page):")
+                out.print(f"  Authorization: Bearer {demo}")
+                out.print(f"webhook signing secret of that key (shown once): {row.plain_webhook_secret}")
+            else:
+                out.print("API keys: `alive keys list`; make one with `alive keys create --name NAME`")
+            uvicorn.run(app_, host=listen_host, port=listen_port, log_level="info")
+        return 0
+
+    _guard(work)
+
+
+keys_app = typer.Typer(help="API keys of the HTTP API (stored hashed; a key is shown once, when made).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _keys_db(config: Optional[Path]) -> str:
+    from service import db
+
+    settings = _settings(config, jobs={"store": "database"})
+    url = db.database_url(settings)
+    db.migrate(url)
+    return url
+
+
+@keys_app.command("create", epilog=EXIT_CODES_HELP)
+def keys_create(
+    name: str = typer.Option("key", "--name", help="A name you will recognise in `alive keys list`."),
+    rate: Optional[int] = typer.Option(None, "--rate", min=1, help="Requests per minute [api.rate_limit_per_minute]."),
+    max_jobs: Optional[int] = typer.Option(None, "--max-jobs", min=1,
+                                           help="Queued + running jobs at once [api.max_concurrent_jobs]."),
+    webhook: Optional[str] = typer.Option(None, "--webhook", help="Webhook URL for this key's jobs that name none."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the key (for scripts: KEY=$(alive keys create -q))."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
+) -> None:
+    """Make an API key; prints the key and its webhook signing secret once (only hashes/ciphertext are kept)."""
+
+    def work() -> int:
+        from service import db
+
+        url = _keys_db(config)
+        if webhook:
+            from service.egress import check_callback_url
+
+            check_callback_url(webhook, _settings(config))
+        row, plain = db.create_api_key(url, name, rate_limit_per_minute=rate, max_concurrent_jobs=max_jobs,
+                                       webhook_url=webhook)
+        if quiet:
+            out.print(plain)
+            return 0
+        out.print(f"id              {row.id}")
+        out.print(f"name            {row.name}")
+        out.print(f"key             {plain}")
+        out.print(f"webhook secret  {row.plain_webhook_secret}")
+        out.print("both are shown now only; send the key as 'Authorization: Bearer <key>'")
+        return 0
+
+    _guard(work)
+
+
+@keys_app.command("list", epilog=EXIT_CODES_HELP)
+def keys_list(
+    json_out: bool = typer.Option(False, "--json", help="Print the keys as JSON."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
+) -> None:
+    """List API keys (id, name, prefix, limits, created, revoked); never the keys themselves."""
+
+    def work() -> int:
+        from service import db
+
+        rows = [{"id": r.id, "name": r.name, "prefix": r.prefix, "rate_limit_per_minute": r.rate_limit_per_minute,
+                 "max_concurrent_jobs": r.max_concurrent_jobs, "webhook_url": r.webhook_url,
+                 "created_at": r.created_at.isoformat(), "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None}
+                for r in db.list_api_keys(_keys_db(config))]
+        if json_out:
+            out.print_json(json.dumps(rows))
+            return 0
+        for r in rows:
+            state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "live"
+            out.print(f"{r['id']:>4}  {r['prefix']}...  {r['name']:<24} rate {r['rate_limit_per_minute'] or 'default'}"
+                      f"  jobs {r['max_concurrent_jobs'] or 'default'}  {state}")
+        if not rows:
+            out.print("no API keys; make one with `alive keys create --name NAME`")
+        return 0
+
+    _guard(work)
+
+
+@keys_app.command("revoke", epilog=EXIT_CODES_HELP)
+def keys_revoke(
+    key_id: int = typer.Argument(..., help="The key's id (see `alive keys list`)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
+) -> None:
+    """Revoke a key: every request with it gets 401 from now on."""
+
+    def work() -> int:
+        from service import db
+
+        if not db.revoke_api_key(_keys_db(config), key_id):
+            raise ConfigError(f"no live API key with id {key_id} (see `alive keys list`)", code="no_such_key")
+        out.print(f"revoked key {key_id}")
+        return 0
+
+    _guard(work)
+
+
+@keys_app.command("rotate-secret", epilog=EXIT_CODES_HELP)
+def keys_rotate_secret(
+    key_id: int = typer.Argument(..., help="The key's id (see `alive keys list`)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
+) -> None:
+    """Give a key a new webhook signing secret (printed once; the old one stops at once)."""
+
+    def work() -> int:
+        from service import db
+
+        secret = db.rotate_webhook_secret(_keys_db(config), key_id)
+        if secret is None:
+            raise ConfigError(f"no live API key with id {key_id} (see `alive keys list`)", code="no_such_key")
+        out.print(secret)
         return 0
 
     _guard(work)

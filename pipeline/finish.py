@@ -1,8 +1,8 @@
 """Generated clip -> story frames: frame rate, loop and length, story size, visible label.
 
 SVD-XT gives ~25 frames at ~7 fps near 576x1024; a story is 1080x1920 at 24-30 fps, a few seconds
-long, and says visibly that it is AI-generated. ``finish`` closes that gap in a fixed order chosen
-for cost and quality:
+long, and says visibly how it was made ("AI-generated" for a trained model, "Animated photo" for the
+classical motion engine). ``finish`` closes that gap in a fixed order chosen for cost and quality:
 
 1. **retime** to the story fps at the generation size (optical flow is 3-4x cheaper there than at
    1080x1920, and the in-between frames are then upscaled like every other frame);
@@ -11,7 +11,8 @@ for cost and quality:
    the cut is invisible. Length comes from looping only, never from slowing frames down;
 3. **fit** to the story size (Lanczos up, area down; a clip of another aspect is padded over a
    blurred copy of itself);
-4. **label** drawn into every frame (on by default, localised);
+4. **label** drawn into every frame (on by default, localised; its words follow the engine's IPTC
+   digital source type, the same one the C2PA manifest carries);
 5. measure **flicker** (motion-compensated luminance change) and choose the **poster** frame.
 
 Only the frames of one loop cycle are resized and labelled; the story is a list of references into
@@ -38,6 +39,7 @@ from pipeline.frame import fit_clip_to_story
 from pipeline.interpolate import retime
 from pipeline.overlay import draw_label
 from pipeline.previews import best_frame
+from pipeline.provenance import is_ai_generated
 from pipeline.quality import flicker
 from pipeline.settings import Settings, StorySettings, load_preset
 
@@ -153,8 +155,13 @@ class Finished:
         return len(self.frames) / self.fps
 
 
-def finish(frames: np.ndarray, clip_fps: float, settings: Settings, progress: StepProgress | None = None) -> Finished:
-    """Make the story frames from the generated clip (uint8 (F, H, W, 3) at ``clip_fps``)."""
+def finish(frames: np.ndarray, clip_fps: float, settings: Settings, progress: StepProgress | None = None, *,
+           digital_source_type: str | None = None) -> Finished:
+    """Make the story frames from the generated clip (uint8 (F, H, W, 3) at ``clip_fps``).
+
+    ``digital_source_type`` is the IPTC term of the engine that made the clip; it picks the visible
+    label's words. None (not known) draws the "AI-generated" text: over-disclosing beats hiding AI.
+    """
     story: StorySettings = settings.story
     if frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ConfigError(f"finish needs uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}",
@@ -200,7 +207,8 @@ def finish(frames: np.ndarray, clip_fps: float, settings: Settings, progress: St
 
     overlay: dict[str, Any] | None = None
     if settings.overlay.enabled:
-        overlay = draw_label(fitted, settings.overlay)
+        ai_generated = digital_source_type is None or is_ai_generated(digital_source_type)
+        overlay = draw_label(fitted, settings.overlay, ai_generated=ai_generated)
         actions.append(_edited(f"visible label \"{overlay['text']}\" drawn into every frame", overlay))
     report.step()
 

@@ -1,7 +1,10 @@
-"""The visible "AI-generated" label drawn into every frame of the story.
+"""The visible label drawn into every frame of the story: "AI-generated", or "Animated photo".
 
-The C2PA manifest says the video is AI-generated to software that looks; this label says it to people,
-including after a platform strips the metadata. White text on a rounded, semi-transparent dark pill reads
+The C2PA manifest says how the video was made to software that looks; this label says it to people,
+including after a platform strips the metadata. It says what the manifest says: "AI-generated" when a
+trained model made the frames (svd, tiny: IPTC ``trainedAlgorithmicMedia``), "Animated photo" when the
+classical motion engine moved the photo's own pixels (``algorithmicMedia``); a false "AI-generated" is
+as much a transparency failure as a missing one. White text on a rounded, semi-transparent dark pill reads
 on any background. The label is rendered once with Pillow (FreeType) and alpha-blended into each frame
 with numpy, so the per-frame cost is one small blend.
 """
@@ -17,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline.errors import ConfigError
 from pipeline.settings import OverlaySettings
 
-LABEL_TEXTS: dict[str, str] = {
+AI_LABEL_TEXTS: dict[str, str] = {
     "en": "AI-generated",
     "id": "Dibuat dengan AI",
     "es": "Generado por IA",
@@ -25,9 +28,22 @@ LABEL_TEXTS: dict[str, str] = {
     "fr": "Généré par IA",
     "de": "KI-generiert",
 }
-"""Default label per language. Only scripts the bundled DejaVu Sans covers (Latin here); a language in
-another script (Hindi, Arabic, ...) needs ``overlay.text`` together with an ``overlay.font`` that has
-its glyphs."""
+"""Default label per language when a trained (generative AI) model made the frames."""
+
+ANIMATED_LABEL_TEXTS: dict[str, str] = {
+    "en": "Animated photo",
+    "id": "Foto dianimasikan",
+    "es": "Foto animada",
+    "pt": "Foto animada",
+    "fr": "Photo animée",
+    "de": "Animiertes Foto",
+}
+"""Default label per language when an algorithm without a trained model animated the photo (motion)."""
+
+LABEL_TEXTS = AI_LABEL_TEXTS
+"""The languages with default texts (each has both texts). Only scripts the bundled DejaVu Sans covers
+(Latin here); a language in another script (Hindi, Arabic, ...) needs ``overlay.text`` together with
+an ``overlay.font`` that has its glyphs."""
 
 BUNDLED_FONT = Path(__file__).resolve().parent / "assets" / "fonts" / "DejaVuSans-Bold.ttf"
 
@@ -37,15 +53,17 @@ _MIN_FONT_PX = 4
 _SUPERSAMPLE = 4  # the pill's rounded ends are drawn this much larger, then reduced: smooth edges
 
 
-def label_text(settings: OverlaySettings) -> str:
-    """The label's words: ``settings.text`` when given, else the default in ``settings.language``."""
+def label_text(settings: OverlaySettings, ai_generated: bool = True) -> str:
+    """The label's words: ``settings.text`` when given, else the default in ``settings.language`` for
+    what made the frames (``ai_generated``: a trained model; else a classical algorithm). A caller
+    that does not say gets the AI text: over-disclosing beats hiding AI."""
     if settings.text:
         return settings.text
     if settings.language not in LABEL_TEXTS:
         raise ConfigError(
             f"overlay.language {settings.language!r} has no default label text; choose one of "
             f"{', '.join(sorted(LABEL_TEXTS))}, or set overlay.text", code="bad_option")
-    return LABEL_TEXTS[settings.language]
+    return (AI_LABEL_TEXTS if ai_generated else ANIMATED_LABEL_TEXTS)[settings.language]
 
 
 def _font(path: Path, size_px: int) -> ImageFont.FreeTypeFont:
@@ -90,17 +108,18 @@ def _place(position: str, frame_w: int, frame_h: int, w: int, h: int, margin: in
     return x, y
 
 
-def draw_label(frames: np.ndarray, settings: OverlaySettings) -> dict[str, Any]:
+def draw_label(frames: np.ndarray, settings: OverlaySettings, ai_generated: bool = True) -> dict[str, Any]:
     """Draw the label into uint8 frames (F, H, W, 3) in place and return what was drawn where.
 
-    The text height is ``font_size`` x the frame height; text too wide for the frame is set smaller
-    until it fits (never under 4 px). The record (text, language, position, box [x0, y0, x1, y1],
-    font, font_px, opacity) goes into the job report and the C2PA manifest.
+    ``ai_generated`` picks the default text (see ``label_text``). The text height is ``font_size`` x
+    the frame height; text too wide for the frame is set smaller until it fits (never under 4 px).
+    The record (text, language, ai_generated, position, box [x0, y0, x1, y1], font, font_px, opacity)
+    goes into the job report and the C2PA manifest.
     """
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ConfigError(f"draw_label needs uint8 frames shaped (F, H, W, 3), got {frames.dtype} {frames.shape}",
                           code="bad_frames")
-    text = label_text(settings)
+    text = label_text(settings, ai_generated)
     font_path = Path(settings.font) if settings.font else BUNDLED_FONT
     frame_h, frame_w = frames.shape[1:3]
     margin = round(settings.margin * frame_w)
@@ -129,6 +148,6 @@ def draw_label(frames: np.ndarray, settings: OverlaySettings) -> dict[str, Any]:
         work += add
         work //= 255
         region[...] = work
-    return {"text": text, "language": settings.language, "position": settings.position,
-            "box": [x0, y0, x0 + w, y0 + h], "font": font_path.name, "font_px": size_px,
-            "opacity": settings.opacity}
+    return {"text": text, "language": settings.language, "ai_generated": ai_generated,
+            "position": settings.position, "box": [x0, y0, x0 + w, y0 + h], "font": font_path.name,
+            "font_px": size_px, "opacity": settings.opacity}

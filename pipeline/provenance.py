@@ -1,4 +1,9 @@
-"""C2PA Content Credentials: build, sign and verify the manifest that labels a clip as AI-generated.
+"""C2PA Content Credentials: build, sign and verify the manifest that says how a clip was made.
+
+The ``c2pa.created`` action carries the IPTC digital source type of the engine that made the frames
+(``Engine.digital_source_type``): ``trainedAlgorithmicMedia`` ("Created using Generative AI") for
+SVD, ``algorithmicMedia`` ("Pure algorithmic media") for the classical motion engine, which uses no
+trained model. Players and platforms read it to decide whether to show "AI-generated".
 
 Signing is the last step of a job, after every ffmpeg step: a remux (even ``-c copy``) drops the
 manifest, and any later byte change turns it "Invalid". Each signed file is re-read and verified
@@ -42,12 +47,47 @@ from pipeline.storage import create_temp_beside
 
 log = logging.getLogger(__name__)
 
-TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
-ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/algorithmicMedia"  # procedural, not trained
-COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA = (
-    "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
-)
-_AI_SOURCE_TYPES = {TRAINED_ALGORITHMIC_MEDIA, COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA}
+# IPTC Digital Source Type vocabulary (https://cv.iptc.org/newscodes/digitalsourcetype/). Which term a
+# clip gets is decided by the engine that made its frames (``Engine.digital_source_type``), never here.
+IPTC_DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+# "Created using Generative AI": created algorithmically using an AI model trained on captured content
+TRAINED_ALGORITHMIC_MEDIA = IPTC_DIGITAL_SOURCE_TYPE + "trainedAlgorithmicMedia"
+# "Pure algorithmic media": created purely by an algorithm not based on any sampled training data
+ALGORITHMIC_MEDIA = IPTC_DIGITAL_SOURCE_TYPE + "algorithmicMedia"
+# "Edited using Generative AI": augmentation, correction or enhancement using a Generative AI model
+COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA = IPTC_DIGITAL_SOURCE_TYPE + "compositeWithTrainedAlgorithmicMedia"
+# "Composite including generative AI elements": at least one of the elements is Generative AI
+COMPOSITE_SYNTHETIC = IPTC_DIGITAL_SOURCE_TYPE + "compositeSynthetic"
+_AI_SOURCE_TYPES = {TRAINED_ALGORITHMIC_MEDIA, COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA, COMPOSITE_SYNTHETIC}
+_C2PA_DIGITAL_SOURCE_TYPE = "http://c2pa.org/digitalsourcetype/"
+SOURCE_TYPE_NAMES = {  # the IPTC names (2024-09 release), shown beside the URI by `alive verify`
+    "digitalCapture": "Digital capture sampled from real life",
+    "computationalCapture": "Multi-frame computational capture sampled from real life",
+    "humanEdits": "Human-edited media",
+    "algorithmicallyEnhanced": "Algorithmically-altered media",
+    "digitalCreation": "Digital creation",
+    "dataDrivenMedia": "Data-driven media",
+    "trainedAlgorithmicMedia": "Created using Generative AI",
+    "algorithmicMedia": "Pure algorithmic media",
+    "compositeWithTrainedAlgorithmicMedia": "Edited using Generative AI",
+    "compositeSynthetic": "Composite including generative AI elements",
+    "composite": "Composite of elements",
+    "compositeCapture": "Composite of captured elements",
+    "screenCapture": "Screen capture",
+    "virtualRecording": "Virtual event recording",
+}
+
+
+def is_ai_generated(source_type: str | None) -> bool:
+    """Whether an IPTC digital source type says a trained (generative AI) model made or edited the media."""
+    return source_type in _AI_SOURCE_TYPES
+
+
+def source_type_name(source_type: str | None) -> str | None:
+    """The IPTC name of a digital source type URI ("Pure algorithmic media"), None when unknown."""
+    if not source_type:
+        return None
+    return SOURCE_TYPE_NAMES.get(source_type.rstrip("/").rsplit("/", 1)[-1])
 
 VIDEO_MIME = "video/mp4"
 SOURCE_INGREDIENT_ID = "source-photo"
@@ -59,6 +99,11 @@ UNTRUSTED = "signingCredential.untrusted"
 INGREDIENT_THUMBNAIL_LONG_EDGE = 256
 
 DEV_FILES = ("root.pem", "chain.pem", "leaf.key")
+# Organisation named in every certificate of the development chain. Chains generated before this name
+# said "alive development (untrusted)", which `alive verify` printed beside "Trusted" (true only on the
+# machine whose root it is): such chains are still recognised, and reported under the current name.
+DEV_ORGANIZATION = "alive development (not publicly trusted)"
+_DEV_ORGANIZATIONS = (DEV_ORGANIZATION, "alive development (untrusted)")
 _DEV_LEAF_DAYS = 3650  # without a timestamp authority the label turns Invalid when the leaf expires
 _DEV_CA_DAYS = 36500
 _warned_dev_dirs: set[Path] = set()
@@ -279,7 +324,7 @@ def _make_dev_chain() -> tuple[bytes, bytes, bytes]:
         return x509.Name(
             [
                 x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "alive development (untrusted)"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, DEV_ORGANIZATION),
             ]
         )
 
@@ -335,6 +380,7 @@ class LabelInfo:
     generator_name: str
     generator_version: str
     software_agent: str
+    digital_source_type: str  # IPTC term for what made the frames: the engine's, see Engine.digital_source_type
     source_mime: str | None = None
     source_bytes: bytes | None = None
     extra_actions: tuple[dict, ...] = ()
@@ -343,14 +389,25 @@ class LabelInfo:
 def build_manifest(info: LabelInfo, settings: LabelSettings) -> dict:
     """The whole manifest definition, in one place.
 
-    The first action is ``c2pa.created`` with the IPTC ``trainedAlgorithmicMedia`` source type: that
-    is what players and platforms read to show "AI-generated". The source photo, when given, is an
-    ``inputTo`` ingredient (``parentOf`` is refused for a created asset); its bytes are attached by
-    ``sign_video``, and no thumbnail of it is embedded unless ``settings.include_thumbnail``.
+    The first action is ``c2pa.created`` with the IPTC digital source type of the engine that made
+    the frames (``trainedAlgorithmicMedia`` for a trained model such as SVD: players and platforms
+    read it to show "AI-generated"; ``algorithmicMedia`` for the classical motion engine). c2pa-rs
+    requires the field but accepts any string, so it is checked here to be a vocabulary URI. The
+    source photo, when given, is an ``inputTo`` ingredient (``parentOf`` is refused for a created
+    asset); its bytes are attached by ``sign_video``, and no thumbnail of it is embedded unless
+    ``settings.include_thumbnail``.
     """
+    source_type = info.digital_source_type
+    if not isinstance(source_type, str) or not source_type.startswith(
+            (IPTC_DIGITAL_SOURCE_TYPE, _C2PA_DIGITAL_SOURCE_TYPE)) or source_type.endswith("/"):
+        raise LabelFailed(
+            f"digital source type {source_type!r} is not a term of the IPTC vocabulary "
+            f"({IPTC_DIGITAL_SOURCE_TYPE}...): say what made the frames, e.g. {TRAINED_ALGORITHMIC_MEDIA}",
+            code="bad_source_type", details={"digital_source_type": str(source_type)},
+        )
     created: dict[str, Any] = {
         "action": "c2pa.created",
-        "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
+        "digitalSourceType": source_type,
         "softwareAgent": {"name": info.software_agent},
     }
     manifest: dict[str, Any] = {
@@ -438,7 +495,9 @@ def sign_video(src: Path, dst: Path, info: LabelInfo, credentials: Credentials, 
         "state": report.state,
         "status_codes": report.status_codes,
         "digital_source_type": report.digital_source_type,
+        "ai_generated": report.ai_generated,
         "signer": report.signer,
+        "signer_trust": report.signer_trust,
         "development_credentials": credentials.development,
         "timestamped": settings.tsa_url is not None,
         "ingredient_thumbnail": report.has_ingredient_thumbnail,
@@ -523,7 +582,8 @@ def _sniff_image_mime(data: bytes) -> str:
 @dataclass(frozen=True)
 class VerifyReport:
     """What a verifier sees in a file. ``state`` is c2pa's validation state, or "NoManifest"
-    (no Content Credentials at all) or "Unsupported" (a format c2pa cannot read)."""
+    (no Content Credentials at all), "Unsupported" (a format c2pa cannot read) or "NotMedia" (the
+    file is no video or image at all: empty, text, a JSON error body ...; ``detail`` says what)."""
 
     state: str
     status_codes: list[str]
@@ -538,16 +598,32 @@ class VerifyReport:
     failure_codes: list[str] = dataclasses.field(default_factory=list)
     detail: str | None = None
     actions: list[dict] = dataclasses.field(default_factory=list)  # [{action, description}] as signed
+    # What the file's first bytes are: mp4 (any ISO-BMFF), jpeg, png, webp, gif, ... or, for
+    # "NotMedia": empty, json, html, text, binary.
+    content: str | None = None
+    # Why the signer is (not) trusted, in words that never contradict ``state``.
+    signer_trust: str | None = None
+    development_certificate: bool = False  # signed with an alive development chain
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+NOT_MEDIA = "NotMedia"
+NOT_MEDIA_CODE = "not_a_video"  # the error code `alive verify` prints for a "NotMedia" file
+_SNIFF_BYTES = 512
+# Top-level ISO-BMFF box types a file can start with (MP4, MOV, M4A, HEIF, AVIF): "ftyp" nearly always.
+_BMFF_FIRST_BOXES = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"pnot"}
+_TEXT_CONTENT = ("json", "html", "xml", "text")
+
+
 def verify(path: Path, trust_anchors_pem: bytes | None = None) -> VerifyReport:
     """Read and validate the Content Credentials of ``path``; offline (no remote manifest, no OCSP).
 
-    A file without a manifest gives state "NoManifest"; an asset c2pa cannot parse gives "Invalid"
-    with the parser's message in ``detail``. Only a missing or unreadable file raises.
+    A file without a manifest gives state "NoManifest"; one that is no media file at all (empty,
+    JSON, HTML or other text, or bytes no reader recognises) gives "NotMedia" with what it is in
+    ``detail``; a media file c2pa cannot parse gives "Invalid" with the parser's message in
+    ``detail``. Only a missing or unreadable file raises.
     """
     path = Path(path)
     try:
@@ -558,18 +634,120 @@ def verify(path: Path, trust_anchors_pem: bytes | None = None) -> VerifyReport:
         ) from exc
     with fh:
         try:
+            head = fh.read(_SNIFF_BYTES)
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(0)
+        except OSError as exc:
+            raise LabelFailed(f"cannot verify {path}: {exc.strerror or exc}", code="unreadable",
+                              details={"path": str(path)}) from exc
+        content, mime = sniff_media(head, size)
+        if content == "empty" or content in _TEXT_CONTENT:
+            return _not_media(path, content, head, size)
+        try:
             with (
                 c2pa.Context.from_dict(_verify_settings(trust_anchors_pem)) as context,
-                c2pa.Reader(_mime_for(path), fh, context=context) as reader,
+                c2pa.Reader(mime or _mime_for(path), fh, context=context) as reader,
             ):
                 store = json.loads(reader.json())
         except c2pa.C2paError.ManifestNotFound:
-            return _empty_report("NoManifest")
-        except c2pa.C2paError.NotSupported as exc:
-            return _empty_report("Unsupported", detail=str(exc))
+            return _empty_report("NoManifest", content=content)
         except c2pa.C2paError as exc:
-            return _empty_report("Invalid", codes=[_error_code(exc)], detail=str(exc))
-    return _report_from_store(store)
+            if content == "binary":  # no media signature, and c2pa could not read it either
+                return _not_media(path, content, head, size)
+            if isinstance(exc, c2pa.C2paError.NotSupported):
+                return _empty_report("Unsupported", detail=str(exc), content=content)
+            return _empty_report("Invalid", codes=[_error_code(exc)], detail=str(exc), content=content)
+    return _report_from_store(store, content)
+
+
+def sniff_media(head: bytes, size: int) -> tuple[str, str | None]:
+    """(kind, MIME type or None) of a file from its first bytes and its size.
+
+    Media kinds: mp4 (any ISO-BMFF: MP4, MOV, M4A, HEIF, AVIF), jpeg, png, webp, gif, tiff, avi,
+    wav, mp3, flac, pdf, svg, c2pa, zip. Not media: empty, json, html, xml, text, and binary (bytes
+    no signature here matches; c2pa still gets a try, it reads a few more container formats).
+    """
+    if size == 0 or not head:
+        return "empty", None
+    if len(head) >= 8 and head[4:8] in _BMFF_FIRST_BOXES:
+        if head[4:8] == b"ftyp":
+            brand = head[8:12]
+            if brand == b"qt  ":
+                return "mp4", "video/quicktime"
+            if brand in (b"avif", b"avis"):
+                return "mp4", "image/avif"
+            if brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"):
+                return "mp4", "image/heic"
+            if brand in (b"M4A ", b"M4B "):
+                return "mp4", "audio/mp4"
+        return "mp4", VIDEO_MIME
+    if len(head) >= 8 and head[4:8] == b"jumb":
+        return "c2pa", "application/c2pa"
+    signatures = (
+        (b"\xff\xd8\xff", "jpeg", "image/jpeg"),
+        (b"\x89PNG\r\n\x1a\n", "png", "image/png"),
+        (b"GIF87a", "gif", "image/gif"),
+        (b"GIF89a", "gif", "image/gif"),
+        (b"II*\x00", "tiff", "image/tiff"),
+        (b"MM\x00*", "tiff", "image/tiff"),
+        (b"ID3", "mp3", "audio/mpeg"),
+        (b"fLaC", "flac", "audio/flac"),
+        (b"%PDF-", "pdf", "application/pdf"),
+        (b"PK\x03\x04", "zip", None),  # EPUB, Office, OpenDocument: c2pa tells them apart by extension
+    )
+    for magic, kind, mime in signatures:
+        if head.startswith(magic):
+            return kind, mime
+    if head[:4] == b"RIFF" and len(head) >= 12:
+        riff = {b"WEBP": ("webp", "image/webp"), b"AVI ": ("avi", "video/x-msvideo"),
+                b"WAVE": ("wav", "audio/wav")}.get(head[8:12])
+        if riff:
+            return riff
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06:
+        return "mp3", "audio/mpeg"  # an MPEG audio frame header without an ID3 tag
+    text = _as_text(head)
+    if text is None:
+        return "binary", None
+    start = text.lstrip("\ufeff \t\r\n")[:256].lower()
+    if start.startswith("<svg") or (start.startswith("<?xml") and "<svg" in text.lower()):
+        return "svg", "image/svg+xml"
+    if start.startswith(("{", "[")):
+        return "json", None
+    if start.startswith(("<!doctype html", "<html", "<head", "<body")):
+        return "html", None
+    if start.startswith("<"):
+        return "xml", None
+    return "text", None
+
+
+def _as_text(head: bytes) -> str | None:
+    """``head`` decoded as UTF-8 when it looks like text (no NUL, few control characters), else None."""
+    if b"\x00" in head:
+        return None
+    text = head.decode("utf-8", errors="replace")
+    undecodable = text.count("\ufffd")  # up to 3: a multi-byte character cut at the end of ``head``
+    controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\r\n\f")
+    if not text or undecodable > 3 or controls > len(text) // 50:
+        return None
+    return text.rstrip("\ufffd")
+
+
+def _not_media(path: Path, content: str, head: bytes, size: int) -> VerifyReport:
+    if content == "empty":
+        why = "it is empty (0 bytes): whatever wrote it (a download, a copy) got nothing or did not finish"
+    elif content == "binary":
+        why = f"its {size} bytes start with {head[:8].hex(' ')}, which is no video or image format alive can read"
+    else:
+        snippet = " ".join((_as_text(head) or "").split())
+        snippet = snippet[:48] + "..." if len(snippet) > 48 else snippet
+        what = {"json": "JSON", "html": "an HTML page", "xml": "XML", "text": "text"}[content]
+        why = f"it is {what} ({size} bytes) starting {snippet!r}"
+        if content == "json":
+            why += (", which looks like a JSON error body, e.g. from downloading a video that was not ready: "
+                    "check the job's status, then download the video again")
+        elif content == "html":
+            why += ", which looks like an error or login page saved in place of the video: download it again"
+    return _empty_report(NOT_MEDIA, detail=f"{path.name} is not a video or image: {why}", content=content)
 
 
 def _mime_for(path: Path) -> str | None:
@@ -583,16 +761,17 @@ def _error_code(exc: c2pa.C2paError) -> str:
     return f"c2pa.error.{kind}" if kind and " " not in kind else "c2pa.error"
 
 
-def _empty_report(state: str, *, codes: list[str] | None = None, detail: str | None = None) -> VerifyReport:
+def _empty_report(state: str, *, codes: list[str] | None = None, detail: str | None = None,
+                  content: str | None = None) -> VerifyReport:
     codes = codes or []
     return VerifyReport(
         state=state, status_codes=codes, digital_source_type=None, generator=None, software_agent=None,
         title=None, signer=None, has_ingredient_thumbnail=False, ai_generated=False,
-        failure_codes=list(codes), detail=detail,
+        failure_codes=list(codes), detail=detail, content=content,
     )
 
 
-def _report_from_store(store: dict) -> VerifyReport:
+def _report_from_store(store: dict, content: str | None = None) -> VerifyReport:
     label = store.get("active_manifest")
     manifest = store.get("manifests", {}).get(label) or {}
     failures, informational = _status_codes(store)
@@ -607,10 +786,11 @@ def _report_from_store(store: dict) -> VerifyReport:
         generator = " ".join(str(generators[0][k]) for k in ("name", "version") if generators[0].get(k))
     elif manifest.get("claim_generator"):
         generator = manifest["claim_generator"]
-    sig = manifest.get("signature_info") or {}
-    signer = " / ".join(str(sig[k]) for k in ("common_name", "issuer") if sig.get(k)) or None
+    state = store.get("validation_state") or ("Invalid" if failures else "Valid")
+    signer, development, trust = _signer(manifest.get("signature_info") or {}, state, failures)
+    actions = _actions(manifest)
     return VerifyReport(
-        state=store.get("validation_state") or ("Invalid" if failures else "Valid"),
+        state=state,
         status_codes=failures + informational,
         digital_source_type=source_type,
         generator=generator,
@@ -618,11 +798,43 @@ def _report_from_store(store: dict) -> VerifyReport:
         title=manifest.get("title"),
         signer=signer,
         has_ingredient_thumbnail=any("thumbnail" in ing for ing in manifest.get("ingredients", [])),
-        ai_generated=source_type in _AI_SOURCE_TYPES,
+        # AI-generated when any action says a trained model made or edited the media
+        ai_generated=any(is_ai_generated(a.get("digitalSourceType")) for a in actions),
         manifest_label=label,
         failure_codes=failures,
-        actions=_actions(manifest),
+        actions=actions,
+        content=content,
+        signer_trust=trust,
+        development_certificate=development,
     )
+
+
+def _signer(sig: dict, state: str, failures: list[str]) -> tuple[str | None, bool, str | None]:
+    """(who signed, whether it is an alive development chain, why it is or is not trusted).
+
+    The trust words follow the validation state, so the two never disagree: a development chain is
+    "Trusted" only where its own root is a trust anchor, and that is what it says then.
+    """
+    common_name, issuer = sig.get("common_name"), sig.get("issuer")
+    development = issuer in _DEV_ORGANIZATIONS
+    if development:
+        issuer = DEV_ORGANIZATION  # chains made before the rename say "(untrusted)" here
+    signer = " / ".join(str(v) for v in (common_name, issuer) if v) or None
+    if signer is None:
+        return None, False, None
+    if state == "Trusted":
+        trust = ("trusted on this machine only: an alive development certificate; its root is a trust "
+                 "anchor here, and nobody else trusts it" if development
+                 else "trusted: the certificate chains to a trust anchor given to the verifier")
+    elif UNTRUSTED in failures:
+        trust = ("not trusted here: an alive development certificate whose root is no trust anchor here "
+                 "(only the machine that made it trusts it)" if development
+                 else "not trusted: the certificate chains to no trust anchor given to the verifier")
+    elif state == "Valid":
+        trust = "not checked: no trust anchors were given to the verifier"
+    else:
+        trust = "not established: the credential does not validate"
+    return signer, development, trust
 
 
 def _actions(manifest: dict) -> list[dict]:

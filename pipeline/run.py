@@ -3,7 +3,9 @@
 ``animate`` is what the CLI calls; the Celery tasks in ``workers/`` call the same stage functions
 (``pipeline/stages.py``) one task per stage. It keeps no copy of the source photo: the only files
 it writes are the outputs, each atomically, and the MP4 appears at its path only once it is signed
-and verified.
+and verified. It never writes over an input: ``start`` plans the output paths first
+(``pipeline/outputs.py``), refusing a chosen name that is the photo or the sound file and moving a
+derived name off it (``cat.jpg`` -> poster ``cat.poster.jpg``), with a note in the report.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any, Callable, Iterator
 
 from pipeline import stages
 from pipeline.engines import GenerationOptions
+from pipeline.errors import ConfigError
 from pipeline.finish import StoryOptions, check_output_name, story_settings
 from pipeline.jobs import JobRecord, new_job_id
+from pipeline.outputs import default_video, plan_outputs
 from pipeline.settings import Settings
 from pipeline.storage import publish, write_json_atomic
 
@@ -71,11 +75,6 @@ class StageTimer:
         return lambda done, total: self.notify(name, done, total)
 
 
-def default_paths(output: Path) -> tuple[Path, Path, Path]:
-    """Poster, preview and report paths next to the video: story.mp4 -> story.jpg, story.webp, story.json."""
-    return output.with_suffix(".jpg"), output.with_suffix(".webp"), output.with_suffix(".json")
-
-
 @dataclass
 class Job:
     """One photo on its way through the chain in this process, between ``start`` and ``complete``."""
@@ -93,7 +92,7 @@ class Job:
     made: stages.Generated | None = None
 
 
-def animate(source: bytes | str | Path, output: str | Path, settings: Settings,
+def animate(source: bytes | str | Path, output: str | Path | None, settings: Settings,
             options: GenerationOptions | None = None, **request: Any) -> Result:
     """Run the chain for one photo and write the labelled video, its poster JPEG, an animated WebP
     preview and a JSON report. ``request`` is ``start``'s keyword arguments (story, audio_file,
@@ -105,7 +104,7 @@ def animate(source: bytes | str | Path, output: str | Path, settings: Settings,
 
 def start(
     source: bytes | str | Path,
-    output: str | Path,
+    output: str | Path | None,
     settings: Settings,
     options: GenerationOptions | None = None,
     *,
@@ -117,15 +116,31 @@ def start(
     report: str | Path | None = None,
     job_id: str | None = None,
     progress: StageProgress | None = None,
+    notes: tuple[str, ...] | list[str] = (),
 ) -> Job:
-    """Check the request, take the photo in and moderate it: everything before generation."""
+    """Check the request, take the photo in and moderate it: everything before generation.
+
+    ``output`` None means the photo's name with ``.mp4`` in the current folder. The output paths are
+    planned before anything is read or written (``pipeline.outputs.plan_outputs``): a ``poster``,
+    ``preview``, ``report`` or ``output`` that is the photo or ``audio_file`` (also through a symlink
+    or a hard link), or two outputs that are one file, raise ``ConfigError`` (exit 2); a derived name
+    that would land on an input or on a file alive did not write becomes a free one (``cat.poster.jpg``,
+    ``cat-2.mp4``) and the report's notes say so. ``notes`` are added to the report's notes first.
+    """
     options = options or GenerationOptions()
     settings = story_settings(settings, story)
-    output = Path(output)
+    photo = Path(source) if isinstance(source, (str, Path)) else None
+    if output is None and photo is None:
+        raise ConfigError("no output path: name the MP4 to write when the photo is given as bytes",
+                          code="bad_output_name")
+    plan = plan_outputs(default_video(photo) if output is None else Path(output), named_video=output is not None,
+                        poster=poster, preview=preview, report=report,
+                        inputs=[(photo, "the input photo"), (audio_file, "the sound file")])
+    output = plan.video
     check_output_name(output, settings)
-    default_poster, default_preview, default_report = default_paths(output)
     record = JobRecord(job_id=job_id or new_job_id(), status="running", options=options.model_dump(), prompt=prompt,
-                       story=story.model_dump(exclude_none=True) if story else {}, source_retained=False)
+                       story=story.model_dump(exclude_none=True) if story else {}, source_retained=False,
+                       notes=[*notes, *plan.notes])
     timer = StageTimer(progress)
 
     with timer.stage("intake"):
@@ -134,9 +149,8 @@ def start(
 
     with timer.stage("moderate_image"):  # the prompt and the photo, as in alive.moderate_image
         stages.moderate_input(taken.image, prompt, settings, record.moderation)
-    return Job(settings=settings, options=options, output=output, poster=Path(poster) if poster else default_poster,
-               preview=Path(preview) if preview else default_preview,
-               report=Path(report) if report else default_report, record=record, timer=timer, taken=taken,
+    return Job(settings=settings, options=options, output=output, poster=plan.poster, preview=plan.preview,
+               report=plan.report, record=record, timer=timer, taken=taken,
                audio_file=Path(audio_file) if audio_file else None)
 
 
@@ -157,7 +171,7 @@ def generate_together(jobs: list[Job]) -> None:
         if len(jobs) > 1:
             record.engine = {**generated.engine, "batch_clips": len(jobs)}
         record.changes += generated.changes
-        record.seed, record.notes = clip.seed, list(clip.notes)
+        record.seed, record.notes = clip.seed, [*record.notes, *clip.notes]
         record.options = generated.options.model_dump()
 
 
@@ -188,7 +202,8 @@ def complete(job: Job) -> Result:
     record.audio = encoded.audio
     record.finish = {**finished.record, "c2pa_actions": finished.actions + encoded.actions}
     record.outputs = {"video": str(output), "poster": str(job.poster), "preview": str(job.preview),
-                      "bytes": output.stat().st_size, **stages.outputs_summary(encoded.video)}
+                      "report": str(job.report), "bytes": output.stat().st_size,
+                      **stages.outputs_summary(encoded.video)}
     record.timings_s = {**timer.seconds, "total": round(sum(timer.seconds.values()), 4)}
     record.status, record.stage = "succeeded", None
     doc = record.to_dict()

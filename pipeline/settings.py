@@ -205,6 +205,7 @@ class WorkerSettings(_Section):
     result_backend: str | None = Field(None, description="None = the broker URL when it is Redis")
     cpu_queue: str = "cpu"
     gpu_queue: str = "gpu"
+    webhook_queue: str = Field("webhooks", description="outbound webhook deliveries, served by their own workers")
     visibility_timeout_s: int = Field(900, ge=60, description="Redis: a dead worker's task is redelivered after this")
     unacked_restore_interval_s: float = Field(2.0, gt=0, description="Redis: how often lost tasks are looked for")
     generate_soft_time_limit_s: int = Field(600, ge=1, description="alive.generate: SoftTimeLimitExceeded after")
@@ -245,8 +246,30 @@ class ApiSettings(_Section):
     share_ttl_max_hours: float = Field(720.0, gt=0, description="longest lifetime a client may ask for")
     reports_to_hide: int = Field(3, ge=1, description="abuse reports that hide a video's share links")
     cors_origins: list[str] = Field([], description="origins allowed to call the API from a browser")
-    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_timeout_s: float = Field(5.0, gt=0, description="one whole delivery attempt: connect + send + read")
     webhook_max_attempts: int = Field(6, ge=1, le=20, description="deliveries tried, with exponential backoff")
+    webhook_allow_private: bool = Field(False, description="let webhooks reach loopback, private, link-local ... "
+                                                           "addresses (on-prem only; never on the internet)")
+    webhook_allow_hosts: list[str] = Field([], description="hosts, IPs or CIDRs a webhook may reach even when private "
+                                                           "(tests, on-prem receivers)")
+    webhook_max_response_bytes: int = Field(4096, ge=0, le=1_000_000, description="most of a receiver's reply read")
+    trusted_hosts: list[str] = Field(["localhost", "127.0.0.1", "::1"],
+                                     description="Host headers accepted when public_url is unset (links are built "
+                                                 "from the Host header then)")
+    docs: bool = Field(True, description="serve /docs (Swagger UI from the package, no CDN) and /openapi.json")
+    metrics_token: str | None = Field(None, description="bearer token /metrics asks for; None = open")
+    metrics_cache_s: float = Field(5.0, ge=0, description="/metrics queries the database at most this often")
+    engines_allowed: list[EngineName] | None = Field(
+        None, description="engines a client may ask for; None = this server's engine.name and motion")
+    unauthenticated_rate_per_minute: int = Field(
+        120, ge=1, description="requests per client address per minute on routes without a key (/s/..., the page)")
+    reports_per_address_per_hour: int = Field(20, ge=1, description="viewer reports one address may send per hour")
+    rate_limit_redis_url: str | None = Field(
+        None, description="Redis holding the rate limits shared by every API process; None = the broker's Redis "
+                          "(or the result backend's when the broker is RabbitMQ)")
+    secret_key_file: Path | None = Field(
+        None, description="key that encrypts webhook secrets at rest; None = <data_dir>/secret.key (made once, 0600); "
+                          "every API and webhook host needs the same file")
 
 
 class Settings(BaseSettings):

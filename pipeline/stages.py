@@ -19,13 +19,13 @@ from PIL import Image
 import pipeline
 from pipeline.audio import render_track
 from pipeline.encode import EncodedVideo, encode_mp4, write_poster
-from pipeline.engines import Clip, GenerationOptions, get_engine
+from pipeline.engines import Clip, GenerationOptions, engine_class, get_engine
 from pipeline.finish import Finished
 from pipeline.finish import finish as finish_clip
 from pipeline.frame import fit_to_size, generation_size_for
 from pipeline.intake import IntakeResult, load_image
 from pipeline.previews import preview_indices, write_webp_preview
-from pipeline.provenance import ALGORITHMIC_MEDIA, LabelInfo, load_credentials, sign_video, verify
+from pipeline.provenance import ALGORITHMIC_MEDIA, LabelInfo, is_ai_generated, load_credentials, sign_video, verify
 from pipeline.settings import Settings
 
 StepProgress = Callable[[int, int], None]
@@ -81,8 +81,9 @@ class Generated:
     clip: Clip
     framing: dict[str, Any]
     changes: list[str]
-    engine: dict[str, Any]
+    engine: dict[str, Any]  # Engine.describe() and the engine's digital_source_type
     software_agent: str
+    digital_source_type: str  # IPTC term for what made the frames (Engine.digital_source_type)
 
 
 def generation_options(image: Image.Image, options: GenerationOptions, settings: Settings) -> GenerationOptions:
@@ -132,8 +133,26 @@ def generate_batch(images: list[Image.Image], options: GenerationOptions, settin
         clip = clips[k]
         opts = sized[k].model_copy(update={"seed": clip.seed, "fps": int(clip.fps), "num_frames": len(clip.frames)})
         results.append(Generated(options=opts, clip=clip, framing=framings[k], changes=[describe_framing(framings[k])],
-                                 engine=engine.describe(), software_agent=engine.software_agent))
+                                 engine={**engine.describe(), "digital_source_type": engine.digital_source_type},
+                                 software_agent=engine.software_agent,
+                                 digital_source_type=engine.digital_source_type))
     return results
+
+
+def digital_source_type(settings: Settings, engine: dict[str, Any] | None = None) -> str:
+    """The IPTC digital source type of a job's frames, as the engine that made them declares it
+    (``Engine.digital_source_type``, the one place it is decided).
+
+    ``engine`` is the job record's engine entry (``Generated.engine``): its recorded type, or for a
+    record written before it was recorded, its engine's class. Without one, the engine ``settings``
+    name: right for the in-process run, which generates and labels with the same settings.
+    """
+    if engine:
+        if engine.get("digital_source_type"):
+            return str(engine["digital_source_type"])
+        if engine.get("engine"):
+            return engine_class(str(engine["engine"])).digital_source_type
+    return engine_class(settings.engine.name).digital_source_type
 
 
 def describe_framing(record: dict[str, Any]) -> str:
@@ -149,9 +168,14 @@ def describe_framing(record: dict[str, Any]) -> str:
 
 
 # -- finish ----------------------------------------------------------------------------------------
-def finish(frames: np.ndarray, fps: float, settings: Settings, progress: StepProgress | None = None) -> Finished:
-    """Clip -> story frames (fps, loop, length, size, visible label); see pipeline/finish.py."""
-    return finish_clip(np.asarray(frames), fps, settings, progress)
+def finish(frames: np.ndarray, fps: float, settings: Settings, progress: StepProgress | None = None, *,
+           source_type: str | None = None) -> Finished:
+    """Clip -> story frames (fps, loop, length, size, visible label); see pipeline/finish.py.
+
+    ``source_type`` (the clip's IPTC digital source type) picks the label's words; None takes the
+    configured engine's (``digital_source_type``)."""
+    return finish_clip(np.asarray(frames), fps, settings, progress,
+                       digital_source_type=source_type or digital_source_type(settings))
 
 
 # -- encode ----------------------------------------------------------------------------------------
@@ -216,14 +240,20 @@ def outputs_summary(encoded: EncodedVideo) -> dict[str, Any]:
 
 # -- label -----------------------------------------------------------------------------------------
 def label(unsigned: Path, signed: Path, clean_photo_png: bytes, software_agent: str,
-          settings: Settings, actions: list[dict[str, Any]] | tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
-    """Sign the MP4 (the last step that touches its bytes), verify it, and summarise both."""
+          settings: Settings, actions: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (), *,
+          source_type: str | None = None) -> dict[str, Any]:
+    """Sign the MP4 (the last step that touches its bytes), verify it, and summarise both.
+
+    ``source_type`` is the clip's IPTC digital source type (``c2pa.created``); None takes the
+    configured engine's (``digital_source_type``)."""
     credentials = load_credentials(settings.label, settings.dev_credentials_dir)
+    source_type = source_type or digital_source_type(settings)
     info = LabelInfo(
-        title=settings.label.title,
+        title=label_title(settings, source_type),
         generator_name=settings.label.claim_generator,
         generator_version=pipeline.__version__,
         software_agent=software_agent,
+        digital_source_type=source_type,
         source_mime="image/png",
         source_bytes=clean_photo_png,
         extra_actions=tuple(actions),
@@ -231,3 +261,16 @@ def label(unsigned: Path, signed: Path, clean_photo_png: bytes, software_agent: 
     summary = sign_video(unsigned, signed, info, credentials, settings.label)
     checked = verify(signed, credentials.trust_anchors_pem)
     return {**summary, "verification": checked.to_dict(), "development_credentials": credentials.development}
+
+
+ANIMATED_TITLE = "Animated photo story video"
+
+
+def label_title(settings: Settings, source_type: str) -> str:
+    """The manifest title: ``label.title``, except that its default ("AI-generated story video")
+    is not written on a clip no trained model made (the motion engine's): that gets ANIMATED_TITLE."""
+    title = settings.label.title
+    default = type(settings.label).model_fields["title"].default
+    if title == default and "AI-generated" in title and not is_ai_generated(source_type):
+        return ANIMATED_TITLE
+    return title

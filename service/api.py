@@ -1,27 +1,35 @@
 """HTTP API for social-app backends: upload a photo, poll or get a webhook, fetch or share the video.
 
 One error format everywhere: ``{"error": {"code": ..., "message": ..., "status": N}}``. Auth with
-``Authorization: Bearer <key>`` or ``X-API-Key``; keys are stored hashed. Uploads are multipart, size
-checked while the body streams in (never by fetching a URL: no SSRF). Jobs go through the same
-Celery chain as ``alive submit``; their records live in the database the workers update.
+``Authorization: Bearer <key>`` or ``X-API-Key``; keys are stored hashed. The key is checked, and
+the rate limits (shared by every API process, in Redis) are applied, by an ASGI middleware before
+any of the body is read: a wrong key gets 401 without its upload being consumed. Uploads are
+multipart, size-checked while the body streams in, never fetched from a URL; the photo is decoded
+and stripped of its metadata in the request (only the sanitised pixels are stored), and every
+option a job could fail on before generation is checked before the job exists.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
+import re
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import pipeline
 from pipeline.engines import GenerationOptions
@@ -88,50 +96,194 @@ class BodyLimit:
             await _error(exc.status, exc.code, exc.message)(scope, receive, send)
 
 
-class RateLimiter:
-    """Sliding one-minute window per API key, in this process (run one API process per key shard)."""
+OPEN_PATHS = ("/healthz",)  # never limited: liveness probes
 
-    def __init__(self) -> None:
-        self.hits: dict[int, deque[float]] = defaultdict(deque)
-        self.lock = threading.Lock()
 
-    def check(self, key_id: int, per_minute: int) -> None:
-        now = time.monotonic()
-        with self.lock:
-            window = self.hits[key_id]
-            while window and now - window[0] > 60:
-                window.popleft()
-            if len(window) >= per_minute:
-                retry = max(1, int(60 - (now - window[0])) + 1)
-                raise ApiError(429, "rate_limited", f"more than {per_minute} requests in a minute for this API key; "
-                               f"retry in {retry} s", {"Retry-After": str(retry)})
-            window.append(now)
+def _plain_key(headers: dict[bytes, bytes]) -> str | None:
+    x_api_key = headers.get(b"x-api-key")
+    if x_api_key:
+        return x_api_key.decode("latin-1").strip()
+    authorization = headers.get(b"authorization", b"").decode("latin-1")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip() or None
+    return None
+
+
+class Gatekeeper:
+    """ASGI middleware in front of every route, before a byte of the body is read.
+
+    ``/v1/...``: the API key is checked (401 otherwise) and its per-key limit applied (429 with
+    ``Retry-After``); the key row is handed to the route in ``scope["state"]["api_key"]``. Every
+    other route, and every request with a missing or wrong key, counts against the client
+    address's limit (``api.unauthenticated_rate_per_minute``). The limits live in Redis
+    (service/ratelimit.py), shared by all API processes.
+    """
+
+    def __init__(self, app, settings: Settings, db_url: str, limiter, salt: str):
+        self.app, self.settings, self.db_url, self.limiter, self.salt = app, settings, db_url, limiter, salt
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        try:
+            if scope["path"].startswith("/v1/"):
+                scope.setdefault("state", {})["api_key"] = await self._authenticate(scope)
+            else:
+                await self._limit_address(scope)
+        except ApiError as exc:
+            return await _error(exc.status, exc.code, exc.message, exc.headers)(scope, receive, send)
+        except TransientError as exc:
+            return await _error(503, exc.code, exc.message, {"Retry-After": "5"})(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    async def _limit_address(self, scope) -> None:
+        from service.ratelimit import address_bucket
+
+        address = (scope.get("client") or ("unknown", 0))[0]
+        decision = await anyio.to_thread.run_sync(
+            self.limiter.hit, address_bucket("ip", address, self.salt), self.settings.api.unauthenticated_rate_per_minute)
+        if not decision.allowed:
+            raise ApiError(429, "rate_limited", f"too many requests from this address; retry in "
+                           f"{decision.retry_after_s} s", {"Retry-After": str(decision.retry_after_s)})
+
+    async def _authenticate(self, scope):
+        from service import db
+
+        plain = _plain_key(dict(scope["headers"]))
+        if not plain:
+            await self._limit_address(scope)
+            raise ApiError(401, "missing_api_key", "send your API key as 'Authorization: Bearer <key>'")
+        key = await anyio.to_thread.run_sync(db.find_api_key, self.db_url, plain)
+        if key is None:
+            await self._limit_address(scope)  # guessing keys is limited like any anonymous caller
+            raise ApiError(401, "invalid_api_key", "this API key is unknown or revoked")
+        limit = key.rate_limit_per_minute or self.settings.api.rate_limit_per_minute
+        decision = await anyio.to_thread.run_sync(self.limiter.hit, f"key:{key.id}", limit)
+        if not decision.allowed:
+            raise ApiError(429, "rate_limited", f"more than {limit} requests in a minute for this API key; "
+                           f"retry in {decision.retry_after_s} s", {"Retry-After": str(decision.retry_after_s)})
+        return key
+
+
+def _inline_hashes(html: str, tag: str) -> list[str]:
+    """CSP hashes of a page's inline <script>/<style> blocks: the page runs without 'unsafe-inline'."""
+    blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+    return [f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks]
+
+
+class SecurityHeaders:
+    """ASGI middleware: the headers a page and an API on the open internet should send."""
+
+    def __init__(self, app, page_csp: str):
+        self.app = app
+        self.common = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                       (b"referrer-policy", b"no-referrer"), (b"cross-origin-opener-policy", b"same-origin")]
+        self.page_csp = page_csp.encode()
+        self.api_csp = b"default-src 'none'; frame-ancestors 'none'"
+        self.docs_csp = (b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                         b"frame-ancestors 'none'")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        csp = self.page_csp if path == "/" else self.docs_csp if path.startswith(("/docs", "/static/docs")) \
+            else self.api_csp
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-security-policy"]
+                message["headers"] = headers + self.common + [(b"content-security-policy", csp)]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class ShareRequest(BaseModel):
     ttl_hours: float | None = Field(None, gt=0, description="lifetime of the link; default from settings")
 
 
+ReportReason = Literal["nudity", "violence", "hate", "harassment", "self_harm", "spam", "copyright", "other"]
+REPORT_TEXT_MAX = 1000
+VIEWER_COOKIE = "alive_viewer"
+
+
 class ReportRequest(BaseModel):
-    reason: Literal["nudity", "violence", "hate", "harassment", "self_harm", "spam", "copyright", "other"]
-    text: str | None = Field(None, max_length=2000)
+    reason: ReportReason
+    text: str | None = Field(None, max_length=REPORT_TEXT_MAX, description="stored as plain text, never rendered as HTML")
+
+
+class ReviewRequest(BaseModel):
+    decision: Literal["restore", "remove"] = Field(..., description="restore: visible again; remove: never served again")
+
+
+_PATHLIKE = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s/'\"`]+){2,}/?")
+
+
+def public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A job's error as a client sees it: no server paths, model ids or command-line hints."""
+    if not error:
+        return error
+    code = error.get("code")
+    message = str(error.get("message") or "")
+    if code in ("model_unavailable", "model_load_failed"):
+        message = "the model for this engine is not available on this server; try another engine or ask its operator"
+    else:
+        message = _PATHLIKE.sub("<path>", message)
+        message = re.split(r"[;(]\s*(?:run|use|try)\s+`?alive\b|`alive ", message)[0].rstrip(" ;:,(")
+    return {"code": code, "message": message, "type": error.get("type")}
+
+
+class CachedMetrics:
+    """/metrics queries the database at most once every ``ttl`` seconds, however often it is scraped."""
+
+    def __init__(self, ttl: float):
+        self.ttl, self.text, self.at, self.lock = ttl, "", float("-inf"), threading.Lock()
+
+    def get(self, render) -> str:
+        with self.lock:
+            if time.monotonic() - self.at >= self.ttl:
+                self.text, self.at = render(), time.monotonic()
+            return self.text
+
+
+def _reporter_hash(salt: str, what: str) -> str:
+    return hmac.new(salt.encode(), what.encode(), hashlib.sha256).hexdigest()[:64]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     from service import db
+    from service.ratelimit import RateLimiter
+    from workers.client import allowed_engines
 
     settings = settings or load_settings()
     if settings.jobs.store != "database":
         settings = settings.model_copy(update={"jobs": settings.jobs.model_copy(update={"store": "database"})})
+    harden_data_dir(settings)
     url = db.database_url(settings)
     db.migrate(url)
+    api = settings.api
+    docs = api.docs
     app = FastAPI(title="alive", version=pipeline.__version__,
-                  description="Animate a photo into a moderated, C2PA-labelled story video.")
-    app.state.settings, app.state.db_url, app.state.limiter = settings, url, RateLimiter()
-    app.add_middleware(BodyLimit, limit=settings.intake.max_bytes + MULTIPART_OVERHEAD)
-    if settings.api.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.api.cors_origins, allow_methods=["*"],
+                  description="Animate a photo into a moderated, C2PA-labelled story video.",
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json" if docs else None)
+    salt = db.server_salt(url)
+    limiter = RateLimiter(settings)
+    page = (WEB / "index.html").read_text(encoding="utf-8")
+    page_csp = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                f"script-src {' '.join(_inline_hashes(page, 'script'))}; style-src {' '.join(_inline_hashes(page, 'style'))}; "
+                "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+    app.state.settings, app.state.db_url, app.state.limiter = settings, url, limiter
+    # Added innermost first: BodyLimit, then the Gatekeeper (auth + limits before the body is read),
+    # CORS, trusted hosts, security headers outermost (every answer carries them, errors too).
+    app.add_middleware(BodyLimit, limit=settings.intake.max_bytes + settings.intake.max_audio_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(Gatekeeper, settings=settings, db_url=url, limiter=limiter, salt=salt)
+    if api.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=api.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
+    if not api.public_url:  # links are built from the Host header: accept only hosts we are
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=api.trusted_hosts)
+    app.add_middleware(SecurityHeaders, page_csp=page_csp)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -148,21 +300,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(AliveError)
     async def _alive_error(request: Request, exc: AliveError):
-        status = 422 if isinstance(exc, (InputRejected, ConfigError)) else 503 if isinstance(exc, TransientError) else 500
-        return _error(status, exc.code, exc.message)
+        status = 413 if exc.code == "too_large" else 422 if isinstance(exc, (InputRejected, ConfigError)) \
+            else 503 if isinstance(exc, TransientError) else 500
+        return _error(status, exc.code, public_error({"code": exc.code, "message": exc.message})["message"])
 
     jobs = open_job_store(settings)
+    metrics_cache = CachedMetrics(api.metrics_cache_s)
 
-    def api_key(request: Request, authorization: str | None = Header(None),
-                x_api_key: str | None = Header(None)):
-        plain = x_api_key or (authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ")
-                              else None)
-        if not plain:
+    def api_key(request: Request):
+        key = getattr(request.state, "api_key", None)
+        if key is None:  # every /v1 route is behind the Gatekeeper; this is a second lock on the door
             raise ApiError(401, "missing_api_key", "send your API key as 'Authorization: Bearer <key>'")
-        key = db.find_api_key(url, plain)
-        if key is None:
-            raise ApiError(401, "invalid_api_key", "this API key is unknown or revoked")
-        request.app.state.limiter.check(key.id, key.rate_limit_per_minute or settings.api.rate_limit_per_minute)
         return key
 
     def owned_job(job_id: str, key) -> Any:
@@ -176,9 +324,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return row
 
     def base_url(request: Request) -> str:
-        return (settings.api.public_url or str(request.base_url)).rstrip("/")
+        return (api.public_url or str(request.base_url)).rstrip("/")
 
-    def view(job_id: str, request: Request) -> dict[str, Any]:
+    def view(job_id: str, request: Request, visibility: str | None = None) -> dict[str, Any]:
         record = jobs.load(job_id)
         base = base_url(request)
         doc: dict[str, Any] = {
@@ -188,11 +336,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "progress": record.progress,
             "created_at": record.created_at,
             "updated_at": record.updated_at,
-            "error": record.error,
+            "error": public_error(record.error),
             "moderation": {k: {"decision": v.get("decision"), "unchecked": v.get("unchecked", [])}
                            for k, v in record.moderation.items()},
             "engine": (record.engine or {}).get("engine") or record.engine_name,
             "status_url": f"{base}/v1/animations/{job_id}",
+            "visibility": visibility or "visible",
         }
         if record.status == "succeeded":
             verification = record.c2pa.get("verification", {})
@@ -223,11 +372,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(503, "not_ready", "; ".join(problems))
         return {"status": "ready"}
 
-    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
-    def metrics() -> str:
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse, responses=ERRORS)
+    def metrics(authorization: str | None = Header(None)) -> str:
         from service.metrics import render
 
-        return render(url, settings)
+        if api.metrics_token:
+            given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(given.encode(), api.metrics_token.encode()):
+                raise ApiError(401, "metrics_token", "send the metrics token as 'Authorization: Bearer <token>'")
+        return metrics_cache.get(lambda: render(url, settings))
 
     @app.post("/v1/animations", status_code=202, tags=["animations"],
               responses={200: {"description": "replay of an earlier request with the same Idempotency-Key"},
@@ -238,19 +391,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         image: UploadFile = File(..., description="JPEG, PNG or WebP photo"),
         # Optional form fields are typed without "| None": a form cannot send null, and the schema
         # must not claim it can (an omitted field is still None).
-        engine: Literal["motion", "svd", "tiny"] = Form(None, description="engine preset"),
+        engine: Literal["motion", "svd", "tiny"] = Form(None, description="engine; the server may offer only some"),
         seed: int = Form(None, ge=0, le=2**31 - 1),
         motion: int = Form(None, ge=0, le=1023, description="amount of motion"),
         preset: Literal["tiktok", "reels", "shorts", "whatsapp-status"] = Form(None, description="platform preset"),
         fps: int = Form(None, ge=1, le=60, description="story frame rate (the clip is interpolated up to it)"),
         duration_s: float = Form(None, gt=0, le=60, description="story length in seconds, reached by looping"),
         loop: Literal["none", "pingpong", "crossfade"] = Form(None, description="how the clip loops"),
-        language: str = Form(None, max_length=16, description="language of the visible AI label: en, id, ..."),
+        language: str = Form(None, max_length=16, description="language of the visible label: en, id, es, pt, fr, de"),
         ambience: Literal["waves", "wind", "rain", "room"] = Form(None, description="procedural sound bed"),
         audio: UploadFile = File(None, description="sound file mixed in, trimmed and faded to the story"),
         prompt: str = Form(None, max_length=500),
-        callback_url: str = Form(None, max_length=2000, pattern=r"^https?://",
-                                 description="webhook called when the job ends"),
+        callback_url: str = Form(None, max_length=2000,
+                                 description="webhook called when the job ends (public http(s) addresses only)"),
         idempotency_key: str | None = Header(None, max_length=128),
         key=Depends(api_key),
     ) -> dict[str, Any]:
@@ -259,10 +412,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if existing:
                 response.status_code = 200
                 return view(existing, request)
-        limit = key.max_concurrent_jobs or settings.api.max_concurrent_jobs
-        if db.count_active_jobs(url, key.id) >= limit:
-            raise ApiError(429, "too_many_jobs", f"this API key already has {limit} jobs queued or running; "
-                           "wait for one to finish", {"Retry-After": "10"})
+        limit = key.max_concurrent_jobs or api.max_concurrent_jobs
+        if db.count_active_jobs(url, key.id) >= limit:  # cheap early answer; the real check is below
+            raise _quota_error(limit)
+        if callback_url is not None:
+            from service.egress import check_callback_url
+
+            check_callback_url(callback_url, settings)
         data = image.file.read(settings.intake.max_bytes + 1)
         if len(data) > settings.intake.max_bytes:
             raise ApiError(413, "too_large", f"the photo is larger than {settings.intake.max_bytes} bytes")
@@ -275,13 +431,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(413, "too_large", f"the sound file is larger than {limit_audio} bytes")
         from workers.client import submit
 
-        def attach(job_id: str) -> None:
-            db.attach_job(url, job_id, api_key_id=key.id, idempotency_key=idempotency_key,
-                          callback_url=callback_url)
+        def reserve(record) -> None:  # quota check and insert in one transaction
+            try:
+                db.insert_job_within_quota(url, record, api_key_id=key.id, limit=limit,
+                                           idempotency_key=idempotency_key, callback_url=callback_url)
+            except db.QuotaExceeded:
+                raise _quota_error(limit) from None
 
         try:
             job_id = submit(data, settings, options, prompt=prompt, engine=engine, callback_url=callback_url,
-                            story=story, audio=sound, on_created=attach)
+                            story=story, audio=sound, reserve=reserve)
         except db.IntegrityError:  # the same Idempotency-Key raced in from another request
             existing = db.find_by_idempotency(url, key.id, idempotency_key)
             response.status_code = 200
@@ -291,10 +450,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/animations/{job_id}", tags=["animations"], responses=ERRORS)
     def get_animation(job_id: str, request: Request, key=Depends(api_key)) -> dict[str, Any]:
-        owned_job(job_id, key)
-        return view(job_id, request)
+        row = owned_job(job_id, key)
+        return view(job_id, request, row.visibility)
 
-    def _file(job_id: str, which: str, media: str):
+    def _file(job_id: str, which: str, media: str, visibility: str):
+        if visibility == "removed":
+            raise ApiError(410, "removed", "this video was removed after review")
         path = jobs.storage.local_path(getattr(Keys(job_id), which))
         if not path.is_file():
             raise ApiError(409, "not_ready", f"the {which} of {job_id} is not ready (see its status)")
@@ -303,45 +464,120 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/animations/{job_id}/video", tags=["animations"], responses=ERRORS,
              response_class=FileResponse)
     def get_video(job_id: str, key=Depends(api_key)):
-        owned_job(job_id, key)
-        return _file(job_id, "video", "video/mp4")
+        return _file(job_id, "video", "video/mp4", owned_job(job_id, key).visibility)
 
     @app.get("/v1/animations/{job_id}/poster", tags=["animations"], responses=ERRORS,
              response_class=FileResponse)
     def get_poster(job_id: str, key=Depends(api_key)):
-        owned_job(job_id, key)
-        return _file(job_id, "poster", "image/jpeg")
+        return _file(job_id, "poster", "image/jpeg", owned_job(job_id, key).visibility)
 
     @app.get("/v1/animations/{job_id}/preview", tags=["animations"], responses=ERRORS,
              response_class=FileResponse)
     def get_preview(job_id: str, key=Depends(api_key)):
         """A small looping animated WebP of the story, for feeds and thumbnails."""
-        owned_job(job_id, key)
-        return _file(job_id, "preview", "image/webp")
+        return _file(job_id, "preview", "image/webp", owned_job(job_id, key).visibility)
 
     @app.post("/v1/animations/{job_id}/share", status_code=201, tags=["animations"], responses=ERRORS)
     def share(job_id: str, request: Request, body: ShareRequest | None = None, key=Depends(api_key)):
-        owned_job(job_id, key)
+        row = owned_job(job_id, key)
         if jobs.load(job_id).status != "succeeded":
             raise ApiError(409, "not_ready", "only a finished animation can be shared")
-        hours = (body.ttl_hours if body and body.ttl_hours else settings.api.share_ttl_hours)
-        if hours > settings.api.share_ttl_max_hours:
-            raise ApiError(422, "invalid_request", f"ttl_hours may be at most {settings.api.share_ttl_max_hours}")
+        if row.visibility != "visible":
+            raise ApiError(409, row.visibility, f"this video is {row.visibility} after viewer reports; review it first")
+        hours = (body.ttl_hours if body and body.ttl_hours else api.share_ttl_hours)
+        if hours > api.share_ttl_max_hours:
+            raise ApiError(422, "invalid_request", f"ttl_hours may be at most {api.share_ttl_max_hours}")
         token = secrets.token_urlsafe(24)
         expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
         db.create_share(url, token, job_id, expires)
         return {"url": f"{base_url(request)}/s/{token}", "token": token, "expires_at": expires.isoformat()}
 
+    @app.delete("/v1/animations/{job_id}/share/{token}", status_code=204, tags=["animations"], responses=ERRORS)
+    def revoke_share(job_id: str, token: str, key=Depends(api_key)) -> Response:
+        """Revoke one share link: it answers 404 from now on."""
+        owned_job(job_id, key)
+        if not db.revoke_share(url, job_id, token):
+            raise ApiError(404, "not_found", "this animation has no such live share link")
+        return Response(status_code=204)
+
+    def _live_link(token: str):
+        link = db.get_share(url, token)
+        if link is None or link.revoked_at is not None:
+            raise ApiError(404, "not_found", "no such share link")
+        if link.expires_at <= dt.datetime.now(dt.timezone.utc):
+            raise ApiError(410, "share_expired", "this share link has expired")
+        return link
+
     @app.get("/s/{token}", tags=["public"], responses=ERRORS, response_class=FileResponse)
     def shared_video(token: str):
-        link = db.get_share(url, token)
-        if link is None:
-            raise ApiError(404, "not_found", "no such share link")
-        if link.expires_at.replace(tzinfo=link.expires_at.tzinfo or dt.timezone.utc) <= dt.datetime.now(dt.timezone.utc):
-            raise ApiError(410, "share_expired", "this share link has expired")
-        if db.count_reports(url, link.job_id) >= settings.api.reports_to_hide:
+        link = _live_link(token)
+        row = db.get_job(url, link.job_id)
+        if row.visibility == "hidden":
             raise ApiError(403, "hidden_pending_review", "this video was reported and is hidden pending review")
-        return _file(link.job_id, "video", "video/mp4")
+        return _file(link.job_id, "video", "video/mp4", row.visibility)
+
+    @app.post("/s/{token}/reports", status_code=201, tags=["public"], responses=ERRORS)
+    def viewer_report(token: str, body: ReportRequest, request: Request, response: Response) -> dict[str, Any]:
+        """Anyone who was given the link may report the video (no API key). One report per viewer
+        (client address, and a cookie) per video; `api.reports_to_hide` distinct viewers hide it
+        pending the owner's review. Texts are stored as plain text."""
+        from service.ratelimit import address_bucket
+
+        link = _live_link(token)
+        address = request.client.host if request.client else "unknown"
+        decision = limiter.hit(address_bucket("report", address, salt), api.reports_per_address_per_hour, 3600)
+        if not decision.allowed:
+            raise ApiError(429, "rate_limited", f"too many reports from this address; retry in "
+                           f"{decision.retry_after_s} s", {"Retry-After": str(decision.retry_after_s)})
+        viewer = request.cookies.get(VIEWER_COOKIE)
+        if not viewer or not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", viewer):
+            viewer = secrets.token_urlsafe(18)
+            response.set_cookie(VIEWER_COOKIE, viewer, max_age=365 * 86400, httponly=True, samesite="strict",
+                                secure=base_url(request).startswith("https://"), path="/s/")
+        count, new, visibility = db.add_report(
+            url, link.job_id, body.reason, body.text, reporter=_reporter_hash(salt, f"addr|{address}"),
+            reporter_cookie=_reporter_hash(salt, f"cookie|{viewer}"), hide_at=api.reports_to_hide)
+        if not new:
+            response.status_code = 200
+        return {"received": True, "duplicate": not new, "hidden": visibility != "visible"}
+
+    @app.post("/v1/animations/{job_id}/reports", status_code=201, tags=["animations"], responses=ERRORS)
+    def owner_report(job_id: str, body: ReportRequest, response: Response, key=Depends(api_key)) -> dict[str, Any]:
+        """The owner's own report (counts as one reporter, like any viewer)."""
+        owned_job(job_id, key)
+        count, new, visibility = db.add_report(url, job_id, body.reason, body.text,
+                                               reporter=_reporter_hash(salt, f"key|{key.id}"), reporter_cookie=None,
+                                               hide_at=api.reports_to_hide)
+        if not new:
+            response.status_code = 200
+        return {"reports": count, "duplicate": not new, "hidden": visibility != "visible"}
+
+    @app.get("/v1/animations/{job_id}/reports", tags=["animations"], responses=ERRORS)
+    def list_reports(job_id: str, key=Depends(api_key)) -> dict[str, Any]:
+        row = owned_job(job_id, key)
+        reports = [{"reason": r.reason, "text": r.text, "created_at": r.created_at.isoformat(), "reviewed": r.reviewed}
+                   for r in db.list_reports(url, job_id)]
+        return {"visibility": row.visibility, "open": sum(1 for r in reports if not r["reviewed"]), "reports": reports}
+
+    @app.post("/v1/animations/{job_id}/review", tags=["animations"], responses=ERRORS)
+    def review(job_id: str, body: ReviewRequest, key=Depends(api_key)) -> dict[str, Any]:
+        """Settle the reports: `restore` makes the video visible again; `remove` deletes its files
+        and revokes every share link (the job record and its C2PA summary stay)."""
+        owned_job(job_id, key)
+        visibility = db.review(url, job_id, body.decision)
+        if visibility == "removed":
+            k = Keys(job_id)
+            for name in (k.video, k.poster, k.preview):
+                jobs.storage.delete(name)
+        return {"visibility": visibility}
+
+    @app.post("/v1/webhook-secret", tags=["keys"], responses=ERRORS)
+    def rotate_webhook_secret(key=Depends(api_key)) -> dict[str, str]:
+        """A new webhook signing secret for this key, shown once; the old one stops at once."""
+        secret = db.rotate_webhook_secret(url, key.id)
+        if secret is None:
+            raise ApiError(401, "invalid_api_key", "this API key is unknown or revoked")
+        return {"webhook_secret": secret}
 
     @app.delete("/v1/animations/{job_id}", status_code=204, tags=["animations"], responses=ERRORS)
     def delete_animation(job_id: str, key=Depends(api_key)) -> Response:
@@ -349,14 +585,57 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs.delete_job(job_id)
         return Response(status_code=204)
 
-    @app.post("/v1/animations/{job_id}/reports", status_code=201, tags=["animations"], responses=ERRORS)
-    def report(job_id: str, body: ReportRequest, key=Depends(api_key)) -> dict[str, Any]:
-        owned_job(job_id, key)
-        count = db.add_report(url, job_id, body.reason, body.text)
-        return {"reports": count, "hidden": count >= settings.api.reports_to_hide}
-
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
-        return (WEB / "index.html").read_text(encoding="utf-8")
+    def index() -> str:
+        return page
 
+    if docs:
+        _mount_docs(app)
     return app
+
+
+def _quota_error(limit: int) -> ApiError:
+    return ApiError(429, "too_many_jobs", f"this API key already has {limit} jobs queued or running; "
+                    "wait for one to finish", {"Retry-After": "10"})
+
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>alive API</title><link rel="icon" href="data:,">
+<link rel="stylesheet" href="/static/docs/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/static/docs/swagger-ui-bundle.js"></script><script src="/docs/init.js"></script></body></html>
+"""
+DOCS_INIT = """window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset], layout: "BaseLayout"});
+"""
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """Swagger UI from the ``swagger-ui-bundle`` package (Apache-2.0): nothing loads from a CDN, and
+    no inline script runs (the page's CSP allows scripts from this server only)."""
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:  # the docs page is optional; /openapi.json still works
+        return
+    app.mount("/static/docs", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    def swagger() -> str:
+        return DOCS_PAGE
+
+    @app.get("/docs/init.js", include_in_schema=False)
+    def swagger_init() -> Response:
+        return Response(DOCS_INIT, media_type="text/javascript")
+
+
+def harden_data_dir(settings: Settings) -> None:
+    """The data dir and everything alive makes in it are private to this user: folders 0700,
+    files 0600 (umask 077 for this process and the workers and broker it starts)."""
+    import os
+
+    os.umask(0o077)
+    for folder in (settings.data_dir, settings.store_root):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)

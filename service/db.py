@@ -44,6 +44,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     select,
     text,
@@ -60,10 +61,12 @@ from pipeline.jobs import JobRecord, JobStore
 from pipeline.storage import Storage
 
 __all__ = [
-    "AbuseReport", "ApiKey", "Base", "IntegrityError", "Job", "ShareLink", "SqlJobStore", "WebhookDelivery",
-    "add_report", "attach_job", "count_active_jobs", "count_reports", "create_api_key", "create_share",
-    "database_url", "dispose_engines", "find_api_key", "find_by_idempotency", "get_job", "get_share",
-    "make_engine", "migrate", "ping", "revoke_api_key", "session",
+    "AbuseReport", "ApiKey", "Base", "IntegrityError", "Job", "QuotaExceeded", "ShareLink", "SqlJobStore",
+    "WebhookDelivery", "add_report", "attach_job", "count_active_jobs", "count_reports", "create_api_key",
+    "create_share", "database_url", "dispose_engines", "find_api_key", "find_by_idempotency", "get_job",
+    "get_share", "has_live_keys", "insert_job_within_quota", "list_api_keys", "list_reports", "make_engine",
+    "migrate", "ping", "review", "revoke_api_key", "revoke_share", "rotate_webhook_secret", "seal_secret",
+    "session", "unseal_secret",
 ]
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -131,7 +134,9 @@ class ApiKey(Base):
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)  # None = settings.api default
     max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)  # None = settings.api default
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
-    webhook_secret: Mapped[str] = mapped_column(String(64))  # HMAC key for webhooks: must be kept readable
+    # HMAC key for webhooks, which must be usable to sign: kept encrypted (Fernet, "enc:" prefix)
+    # under the key file ``api.secret_key_file``; the plain secret is shown once, at creation/rotation.
+    webhook_secret: Mapped[str] = mapped_column(String(512))
 
 
 class Job(Base):
@@ -149,6 +154,8 @@ class Job(Base):
     callback_url: Mapped[str | None] = mapped_column(String(2000))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # visible | hidden (enough viewers reported it: pending the owner's review) | removed (by review)
+    visibility: Mapped[str] = mapped_column(String(16), default="visible", server_default="visible")
 
 
 class ShareLink(Base):
@@ -158,16 +165,25 @@ class ShareLink(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
 
 class AbuseReport(Base):
+    """A viewer's (or the owner's) report. ``reporter`` is a keyed hash of who sent it (client
+    address + viewer cookie, or the owner's key): one report per reporter per video, and no
+    address is stored. ``reviewed`` reports were settled by a review and count no more."""
+
     __tablename__ = "reports"
+    __table_args__ = (UniqueConstraint("job_id", "reporter"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     reason: Mapped[str] = mapped_column(String(32))
     text: Mapped[str | None] = mapped_column(String(2000))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    reporter: Mapped[str | None] = mapped_column(String(64))  # keyed hash of the client address (or key)
+    reporter_cookie: Mapped[str | None] = mapped_column(String(64), index=True)  # keyed hash of the viewer cookie
+    reviewed: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class WebhookDelivery(Base):
@@ -190,8 +206,81 @@ class WebhookDelivery(Base):
 
 
 def database_url(settings) -> str:
-    """The configured SQLAlchemy URL, or the SQLite file ``<data_dir>/alive.db``."""
-    return settings.jobs.database_url or f"sqlite:///{settings.data_dir}/alive.db"
+    """The configured SQLAlchemy URL, or the SQLite file ``<data_dir>/alive.db``.
+
+    Also remembers, for this URL, which key file encrypts the webhook secrets stored in it (every
+    process reaches the database through this function with its settings first)."""
+    url = settings.jobs.database_url or f"sqlite:///{settings.data_dir}/alive.db"
+    _SECRET_KEY_FILES.setdefault(url, Path(settings.api.secret_key_file or Path(settings.data_dir) / "secret.key"))
+    return url
+
+
+# ------------------------------------------------------------------------------------------------
+# Webhook secrets at rest
+
+_SECRET_KEY_FILES: dict[str, Path] = {}
+_SEALED = "enc:"
+
+
+def _fernet(url: str):
+    from cryptography.fernet import Fernet
+
+    key, path = _secret_key(url)
+    try:
+        return Fernet(key)
+    except ValueError as exc:
+        raise ConfigError(f"the webhook secret key file {path} is not a Fernet key", code="secret_key_bad") from exc
+
+
+def _secret_key(url: str) -> tuple[bytes, Path]:
+    """The deployment's secret key (made once, mode 0600, by the first process that needs it)."""
+    from cryptography.fernet import Fernet
+
+    path = _SECRET_KEY_FILES.get(url)
+    if path is None:
+        raise ConfigError("the webhook secret key file is unknown for this database: call "
+                          "database_url(settings) first", code="secret_key_missing")
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # first process wins; the others read its key
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(Fernet.generate_key())
+                fh.flush()
+                os.fsync(fh.fileno())
+    key = path.read_bytes().strip()
+    if not key:  # another process is between creating and writing it
+        import time
+
+        time.sleep(0.2)
+        key = path.read_bytes().strip()
+    return key, path
+
+
+def server_salt(url: str) -> str:
+    """A stable per-deployment secret for keyed hashes (reporters, rate-limit buckets), derived from
+    the secret key file, so no address is stored or sent to Redis in the clear."""
+    return hashlib.sha256(b"alive-salt|" + _secret_key(url)[0]).hexdigest()
+
+
+def seal_secret(url: str, secret: str) -> str:
+    return _SEALED + _fernet(url).encrypt(secret.encode()).decode()
+
+
+def unseal_secret(url: str, stored: str) -> str:
+    """The plain secret (rows written before encryption existed hold it plain)."""
+    if not stored.startswith(_SEALED):
+        return stored
+    from cryptography.fernet import InvalidToken
+
+    try:
+        return _fernet(url).decrypt(stored[len(_SEALED):].encode()).decode()
+    except InvalidToken as exc:
+        raise ConfigError("a webhook secret does not decrypt with api.secret_key_file: every host must "
+                          "share the same key file", code="secret_key_mismatch") from exc
 
 
 @dataclass
@@ -231,7 +320,10 @@ def _build(url: str) -> _Binds:
         engine = create_engine(url, pool_pre_ping=True, json_serializer=serializer)
         return _Binds(engine, engine, engine.execution_options(postgresql_readonly=True))
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(parsed.database)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # made 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database's mode
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     engine = create_engine(url, json_serializer=serializer, connect_args={"check_same_thread": False})
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
@@ -334,14 +426,36 @@ def _hash_key(plain_key: str) -> str:
 
 def create_api_key(url: str, name: str, *, rate_limit_per_minute: int | None = None,
                    max_concurrent_jobs: int | None = None, webhook_url: str | None = None) -> tuple[ApiKey, str]:
-    """Make a key; returns the row and the plain key, which is shown now and never stored."""
+    """Make a key; returns the row and the plain key, which is shown now and never stored. The plain
+    webhook secret is on the row as ``plain_webhook_secret`` (shown once too; stored encrypted)."""
     plain = KEY_PREFIX + secrets.token_urlsafe(32)
+    secret = "whsec_" + secrets.token_urlsafe(32)
     row = ApiKey(name=name, prefix=plain[:PREFIX_LEN], key_hash=_hash_key(plain),
                  rate_limit_per_minute=rate_limit_per_minute, max_concurrent_jobs=max_concurrent_jobs,
-                 webhook_url=webhook_url, webhook_secret=secrets.token_urlsafe(32))
+                 webhook_url=webhook_url, webhook_secret=seal_secret(url, secret))
     with session(url) as s:
         s.add(row)
+    row.plain_webhook_secret = secret
     return row, plain
+
+
+def list_api_keys(url: str) -> list[ApiKey]:
+    with session(url, readonly=True) as s:
+        return list(s.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def rotate_webhook_secret(url: str, key_id: int) -> str | None:
+    """A new webhook secret for a live key (returned once); None when there is no such key."""
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    with session(url) as s:
+        result = s.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                           .values(webhook_secret=seal_secret(url, secret)))
+    return secret if result.rowcount == 1 else None
+
+
+def has_live_keys(url: str) -> bool:
+    with session(url, readonly=True) as s:
+        return s.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))) > 0
 
 
 def find_api_key(url: str, plain_key: str) -> ApiKey | None:
@@ -397,6 +511,31 @@ def count_active_jobs(url: str, api_key_id: int) -> int:
                         .where(Job.api_key_id == api_key_id, Job.status.in_(ACTIVE_STATES))) or 0
 
 
+class QuotaExceeded(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"{limit} jobs already queued or running")
+        self.limit = limit
+
+
+def insert_job_within_quota(url: str, record: JobRecord, *, api_key_id: int, limit: int,
+                            idempotency_key: str | None = None, callback_url: str | None = None) -> None:
+    """Count the key's queued + running jobs and insert the new one **in one transaction**, so
+    parallel uploads cannot all pass the check: on PostgreSQL the key's row is locked FOR UPDATE
+    first (concurrent reservations for one key take turns), on SQLite BEGIN IMMEDIATE holds the
+    database's write lock from the count to the commit. Raises ``QuotaExceeded``, or
+    ``IntegrityError`` when the key used this idempotency key already."""
+    with session(url) as s:
+        if s.bind.dialect.name == "postgresql":
+            s.execute(select(ApiKey.id).where(ApiKey.id == api_key_id).with_for_update())
+        active = s.scalar(select(func.count()).select_from(Job)
+                          .where(Job.api_key_id == api_key_id, Job.status.in_(ACTIVE_STATES))) or 0
+        if active >= limit:
+            raise QuotaExceeded(limit)
+        s.add(Job(id=record.job_id, api_key_id=api_key_id, idempotency_key=idempotency_key,
+                  status=record.status, stage=record.stage, record=record.to_dict(), callback_url=callback_url,
+                  created_at=_aware(record.created_at), updated_at=_aware(record.updated_at)))
+
+
 def create_share(url: str, token: str, job_id: str, expires_at: dt.datetime) -> ShareLink:
     row = ShareLink(token=token, job_id=job_id, expires_at=expires_at)
     with session(url) as s:
@@ -409,17 +548,69 @@ def get_share(url: str, token: str) -> ShareLink | None:
         return s.get(ShareLink, token)
 
 
-def count_reports(url: str, job_id: str) -> int:
-    with session(url, readonly=True) as s:
-        return s.scalar(select(func.count()).select_from(AbuseReport).where(AbuseReport.job_id == job_id)) or 0
-
-
-def add_report(url: str, job_id: str, reason: str, text_: str | None = None) -> int:
-    """Record an abuse report; returns how many reports the job has now."""
+def revoke_share(url: str, job_id: str, token: str) -> bool:
+    """Revoke one live share link of a job; False when the job has no such live link."""
     with session(url) as s:
-        s.add(AbuseReport(job_id=job_id, reason=reason, text=text_))
-        s.flush()
-        return s.scalar(select(func.count()).select_from(AbuseReport).where(AbuseReport.job_id == job_id)) or 0
+        result = s.execute(update(ShareLink).where(ShareLink.token == token, ShareLink.job_id == job_id,
+                                                   ShareLink.revoked_at.is_(None)).values(revoked_at=utcnow()))
+    return result.rowcount == 1
+
+
+def count_reports(url: str, job_id: str) -> int:
+    """Distinct reporters of a job since its last review."""
+    with session(url, readonly=True) as s:
+        return s.scalar(select(func.count()).select_from(AbuseReport)
+                        .where(AbuseReport.job_id == job_id, AbuseReport.reviewed.is_(False))) or 0
+
+
+def add_report(url: str, job_id: str, reason: str, text_: str | None = None, *, reporter: str,
+               reporter_cookie: str | None, hide_at: int) -> tuple[int, bool, str]:
+    """Record one report per reporter per job (the same address *or* the same viewer cookie is the
+    same reporter); hide the job once ``hide_at`` distinct reporters (since the last review)
+    reported it. Returns (open reports, whether this one was new, visibility now)."""
+    from sqlalchemy import or_
+
+    with session(url) as s:
+        job = s.get(Job, job_id, with_for_update=s.bind.dialect.name == "postgresql")
+        if job is None:
+            raise ConfigError(f"no job {job_id}", code="no_such_job")
+        same = AbuseReport.reporter == reporter
+        if reporter_cookie:
+            same = or_(same, AbuseReport.reporter_cookie == reporter_cookie)
+        seen = s.scalar(select(AbuseReport.id).where(AbuseReport.job_id == job_id, same).limit(1))
+        if seen is None:
+            s.add(AbuseReport(job_id=job_id, reason=reason, text=text_, reporter=reporter,
+                              reporter_cookie=reporter_cookie))
+            s.flush()
+        count = s.scalar(select(func.count()).select_from(AbuseReport)
+                         .where(AbuseReport.job_id == job_id, AbuseReport.reviewed.is_(False))) or 0
+        if count >= hide_at and job.visibility == "visible":
+            job.visibility = "hidden"
+        return count, seen is None, job.visibility
+
+
+def list_reports(url: str, job_id: str) -> list[AbuseReport]:
+    with session(url, readonly=True) as s:
+        return list(s.scalars(select(AbuseReport).where(AbuseReport.job_id == job_id).order_by(AbuseReport.id)))
+
+
+def review(url: str, job_id: str, decision: str) -> str:
+    """The owner's decision on a reported video: ``restore`` (visible again; the open reports are
+    settled) or ``remove`` (never served again; every share link revoked). Returns the visibility."""
+    if decision not in ("restore", "remove"):
+        raise ValueError(decision)
+    with session(url) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise ConfigError(f"no job {job_id}", code="no_such_job")
+        s.execute(update(AbuseReport).where(AbuseReport.job_id == job_id).values(reviewed=True))
+        if decision == "restore":
+            job.visibility = "visible"
+        else:
+            job.visibility = "removed"
+            s.execute(update(ShareLink).where(ShareLink.job_id == job_id, ShareLink.revoked_at.is_(None))
+                      .values(revoked_at=utcnow()))
+        return job.visibility
 
 
 def webhook_target(url: str, job_id: str) -> tuple[str | None, str]:
@@ -429,7 +620,7 @@ def webhook_target(url: str, job_id: str) -> tuple[str | None, str]:
                         .join(ApiKey, Job.api_key_id == ApiKey.id, isouter=True).where(Job.id == job_id)).first()
     if row is None or not (row[0] or row[1]) or row[2] is None:
         return None, ""
-    return row[0] or row[1], row[2]
+    return row[0] or row[1], unseal_secret(url, row[2])
 
 
 def log_delivery(url: str, job_id: str, target: str, event: str, attempt: int, status_code: int | None,

@@ -34,11 +34,15 @@ def queue_depths(settings: Settings) -> dict[str, int]:
     from workers.app import broker_url
 
     depths = {}
+    w = settings.worker
     try:
         with Connection(broker_url(settings), connect_timeout=2) as conn:
-            for queue in (settings.worker.gpu_queue, settings.worker.cpu_queue):
+            for queue in (w.gpu_queue, w.cpu_queue, w.webhook_queue):
                 with conn.channel() as channel:
-                    depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+                    try:
+                        depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+                    except conn.channel_errors:  # not declared yet (Redis: an empty queue has no key)
+                        depths[queue] = 0
     except Exception:  # noqa: BLE001 - metrics must never fail the scrape
         return {}
     return depths

@@ -1,10 +1,18 @@
 """Webhooks: tell a client's backend that its job ended, signed so it can trust the call.
 
-The body is the job's status document; headers ``X-Alive-Timestamp`` (unix seconds) and
-``X-Alive-Signature: sha256=<hex>`` with HMAC-SHA256 over ``"<timestamp>." + body`` under the API
-key's webhook secret. Verify by recomputing, comparing in constant time, and refusing timestamps
-older than a few minutes (replay). Failed deliveries are retried with exponential backoff; every
-attempt is logged in ``webhook_deliveries``.
+The body is the job's status document; headers ``X-Alive-Event-Id`` (the same on every attempt of
+one job's event: receivers de-duplicate on it), ``X-Alive-Timestamp`` (unix seconds, of this
+attempt) and ``X-Alive-Signature: sha256=<hex>`` with HMAC-SHA256 over ``"<timestamp>." + body``
+under the API key's webhook secret. Verify by recomputing, comparing in constant time, and refusing
+timestamps older than a few minutes (replay).
+
+Deliveries run on their own queue (``worker.webhook_queue``) and workers, never beside encoding.
+Each attempt re-checks the URL (``service/egress.py``: it must resolve to public addresses only,
+unless ``api.webhook_allow_private`` / ``api.webhook_allow_hosts`` say otherwise), connects to the
+checked address, follows no redirect and ends at ``api.webhook_timeout_s`` for the whole exchange.
+A refused URL fails the delivery at once (no retry); a timeout, a connection error or any non-2xx
+reply is retried with exponential backoff up to ``api.webhook_max_attempts``. Every attempt is
+logged in ``webhook_deliveries``.
 """
 
 from __future__ import annotations
@@ -14,9 +22,9 @@ import hmac
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
+import uuid
 
+from pipeline.errors import InputRejected, TransientError
 from workers.app import app, current_settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +41,15 @@ def verify_signature(secret: str, timestamp: str, body: bytes, signature: str, t
     return hmac.compare_digest(sign(secret, int(timestamp), body), signature)
 
 
+#: Namespace of event ids (uuid5 of "<job id>:<event>").
+EVENT_NAMESPACE = uuid.UUID("4f0c5a52-8f1e-5e0a-9a53-616c6976652e")
+
+
+def event_id(job_id: str, event: str) -> str:
+    """Stable id of one job's event: the same on every retry and redelivery of it."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{job_id}:{event}"))
+
+
 def payload(job_id: str) -> dict:
     from pipeline.jobs import open_job_store
 
@@ -43,32 +60,40 @@ def payload(job_id: str) -> dict:
 
 @app.task(name="alive.webhook", bind=True, acks_late=True)
 def deliver(self, job_id: str) -> int | None:
-    from service import db
+    from service import db, egress
 
     settings = current_settings()
     url = db.database_url(settings)
-    target, secret = db.webhook_target(url, job_id)
-    if not target:
+    target_url, secret = db.webhook_target(url, job_id)
+    if not target_url:
         return None
-    body = json.dumps(payload(job_id), sort_keys=True).encode()
-    stamp = int(time.time())
-    request = urllib.request.Request(target, data=body, method="POST", headers={
-        "Content-Type": "application/json", "User-Agent": "alive-webhook/1",
-        "X-Alive-Timestamp": str(stamp), "X-Alive-Signature": sign(secret, stamp, body)})
+    document = payload(job_id)
+    event = document["event"]
+    document["event_id"] = event_id(job_id, event)  # also in the signed body: a replay cannot change it
+    body = json.dumps(document, sort_keys=True).encode()
     attempt = self.request.retries + 1
     status, error = None, None
     try:
-        with urllib.request.urlopen(request, timeout=settings.api.webhook_timeout_s) as reply:  # noqa: S310
-            status = reply.status
-    except urllib.error.HTTPError as exc:
-        status, error = exc.code, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        error = str(getattr(exc, "reason", exc))
-    delivered = status is not None and 200 <= status < 300
-    db.log_delivery(url, job_id, target, json.loads(body)["event"], attempt, status, error, delivered)
+        target = egress.check_callback_url(target_url, settings)  # again: DNS may say something else now
+    except InputRejected as exc:  # not where a webhook may go: no connection, no retry
+        log.warning("webhook for job %s not sent: %s", job_id, exc.message)
+        db.log_delivery(url, job_id, target_url, event, attempt, None, exc.message, False)
+        return None
+    except TransientError as exc:  # DNS could not answer now: try again later
+        error = exc.message
+    else:
+        stamp = int(time.time())
+        headers = {"Content-Type": "application/json", "User-Agent": "alive-webhook/1",
+                   "X-Alive-Event-Id": document["event_id"], "X-Alive-Timestamp": str(stamp),
+                   "X-Alive-Signature": sign(secret, stamp, body)}
+        status, error = egress.post(target, body, headers, settings.api.webhook_timeout_s,
+                                    settings.api.webhook_max_response_bytes)
+    delivered = error is None and status is not None and 200 <= status < 300
+    db.log_delivery(url, job_id, target_url, event, attempt, status, error, delivered)
     if delivered:
         return status
     if attempt >= settings.api.webhook_max_attempts:
-        log.warning("webhook for job %s to %s given up after %d attempts: %s", job_id, target, attempt, error)
+        log.warning("webhook for job %s given up after %d attempts: %s", job_id, attempt, error)
         return status
+    log.info("webhook for job %s, attempt %d failed (%s); retried", job_id, attempt, error)
     raise self.retry(countdown=min(2 ** attempt, 300), max_retries=settings.api.webhook_max_attempts)

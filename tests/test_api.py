@@ -46,7 +46,7 @@ def service(request, tmp_path, data_dir):
     app = create_app(env.settings)
     url = db.database_url(env.settings)
     _, key = db.create_api_key(url, "test", rate_limit_per_minute=100_000)
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://localhost")
     client.headers["Authorization"] = f"Bearer {key}"
     yield env, client, url
     env.close()
@@ -88,12 +88,28 @@ def test_upload_poll_download_share_report_delete(service, sample_photo):
     assert client.get(f"/v1/animations/{job_id}/poster").headers["content-type"] == "image/jpeg"
 
     link = client.post(f"/v1/animations/{job_id}/share", json={"ttl_hours": 1}).json()
-    anonymous = TestClient(client.app)
+    anonymous = TestClient(client.app, base_url="http://localhost")
     assert anonymous.get(f"/s/{link['token']}").content == video.content  # no API key needed
-    for _ in range(env.settings.api.reports_to_hide):
-        client.post(f"/v1/animations/{job_id}/reports", json={"reason": "spam", "text": "test"})
+    hide_at = env.settings.api.reports_to_hide
+    viewers = [TestClient(client.app, base_url="http://localhost", client=(f"203.0.113.{i}", 4000))
+               for i in range(hide_at)]
+    for viewer in viewers[:-1]:
+        assert viewer.post(f"/s/{link['token']}/reports", json={"reason": "spam"}).status_code == 201
+        again = viewer.post(f"/s/{link['token']}/reports", json={"reason": "spam"})  # same viewer: not counted
+        assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert anonymous.get(f"/s/{link['token']}").status_code == 200  # hide_at - 1 distinct viewers
+    last = viewers[-1].post(f"/s/{link['token']}/reports", json={"reason": "nudity", "text": "<b>x</b>"})
+    assert last.status_code == 201 and last.json()["hidden"] is True
     hidden = anonymous.get(f"/s/{link['token']}")
     assert hidden.status_code == 403 and hidden.json()["error"]["code"] == "hidden_pending_review"
+    listed = client.get(f"/v1/animations/{job_id}/reports").json()
+    assert listed["visibility"] == "hidden" and listed["open"] == hide_at
+    assert "<b>x</b>" in [r["text"] for r in listed["reports"]]  # stored as text, returned as JSON
+    assert client.post(f"/v1/animations/{job_id}/review", json={"decision": "restore"}).json() == {"visibility": "visible"}
+    assert anonymous.get(f"/s/{link['token']}").status_code == 200
+    assert client.delete(f"/v1/animations/{job_id}/share/{link['token']}").status_code == 204
+    assert anonymous.get(f"/s/{link['token']}").status_code == 404  # revoked
+    link = client.post(f"/v1/animations/{job_id}/share", json={"ttl_hours": 1}).json()
 
     short = client.post(f"/v1/animations/{job_id}/share", json={"ttl_hours": 0.0003}).json()  # ~1 s
     time.sleep(1.5)
@@ -110,7 +126,7 @@ def test_upload_poll_download_share_report_delete(service, sample_photo):
 
 def test_auth_errors_and_one_error_format(service, sample_photo):
     _, client, _ = service
-    anonymous = TestClient(client.app)
+    anonymous = TestClient(client.app, base_url="http://localhost")
     for reply, code in ((anonymous.get("/v1/animations/abc"), "missing_api_key"),
                         (anonymous.get("/v1/animations/abc", headers={"Authorization": "Bearer alv_nope"}),
                          "invalid_api_key"),
@@ -132,7 +148,7 @@ def test_idempotency_quota_rate_limit_and_size_limit(service, sample_photo):
     assert a.status_code == 202 and b.status_code == 200 and a.json()["id"] == b.json()["id"]
 
     _, limited = db.create_api_key(url, "limited", rate_limit_per_minute=3, max_concurrent_jobs=1)
-    other = TestClient(client.app)
+    other = TestClient(client.app, base_url="http://localhost")
     other.headers["Authorization"] = f"Bearer {limited}"
     assert _post(other, sample_photo).status_code == 202  # no worker runs: it stays queued
     quota = _post(other, sample_photo)

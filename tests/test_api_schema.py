@@ -79,7 +79,7 @@ def service(tmp_path_factory, data_dir, sample_photo):
         app = create_app(env.settings)
         url = db.database_url(env.settings)
         _, key = db.create_api_key(url, "schemathesis", rate_limit_per_minute=10**9, max_concurrent_jobs=10**9)
-        client = TestClient(app)
+        client = TestClient(app, base_url="http://localhost")
         client.headers["Authorization"] = f"Bearer {key}"
 
         def post_photo() -> str:

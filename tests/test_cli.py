@@ -37,7 +37,10 @@ def test_animate_ok_then_verify_ok(run, tmp_path, sample_photo):
     assert out.is_file() and out.with_suffix(".json").is_file() and out.with_suffix(".jpg").is_file()
     checked = run("verify", out)
     assert checked.exit_code == 0, checked.output
-    assert "trainedAlgorithmicMedia" in checked.output and "Trusted" in checked.output
+    # the default engine is motion: classical, no trained model, and the label says so
+    assert "algorithmicMedia" in checked.output and "trainedAlgorithmicMedia" not in checked.output
+    assert "Trusted" in checked.output and "AI-generated        no" in checked.output
+    assert "AI-generated: no" in result.output and "digitalSourceType algorithmicMedia" in result.output
 
 
 def test_animate_json_output(run, tmp_path, sample_photo):

@@ -90,7 +90,7 @@ def test_default_url_is_sqlite_in_the_data_dir(tmp_path):
 def test_migrate_twice_is_a_no_op_and_matches_the_models(url):
     db.migrate(url)
     first = _schema(url)
-    assert first == (TABLES, ["0001"], [])  # no drift between the migration and the models
+    assert first == (TABLES, ["0002"], [])  # no drift between the migration and the models
     db.migrate(url)
     assert _schema(url) == first
 
@@ -145,7 +145,7 @@ def test_processes_migrate_at_once_and_lose_no_update(settings, url):
     for p in procs:
         p.join(timeout=60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    assert _schema(url)[:2] == (TABLES, ["0001"])
+    assert _schema(url)[:2] == (TABLES, ["0002"])
     store = db.SqlJobStore(LocalStorage(settings.store_root), settings)
     assert len(store.load("shared").timings_s) == 40
 
@@ -251,8 +251,9 @@ def test_deleting_a_job_deletes_its_links_reports_and_deliveries(store, url):
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
     for job_id in ("gone", "kept"):
         db.create_share(url, f"tok-{job_id}", job_id, expires)
-        assert db.add_report(url, job_id, "spam") == 1
-        assert db.add_report(url, job_id, "other", "looks wrong") == 2
+        assert db.add_report(url, job_id, "spam", reporter="a", reporter_cookie=None, hide_at=3)[:2] == (1, True)
+        assert db.add_report(url, job_id, "other", "looks wrong", reporter="b", reporter_cookie="c",
+                             hide_at=3)[:2] == (2, True)
         with db.session(url) as s:
             s.add(db.WebhookDelivery(job_id=job_id, url="https://example.com/hook", event="animation.succeeded",
                                      attempt=1, status_code=500, error="HTTP 500", delivered=False))

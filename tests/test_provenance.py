@@ -76,7 +76,7 @@ def photo_jpeg() -> bytes:
 
 def _info(**kw) -> LabelInfo:
     base = dict(title="my story", generator_name="alive", generator_version="0.1.0",
-                software_agent="alive motion engine")
+                software_agent="alive svd engine", digital_source_type=TRAINED_ALGORITHMIC_MEDIA)
     return LabelInfo(**{**base, **kw})
 
 
@@ -238,7 +238,7 @@ def test_build_manifest_shape(photo_jpeg):
     actions = m["assertions"][0]["data"]["actions"]
     assert actions[0]["action"] == "c2pa.created"
     assert actions[0]["digitalSourceType"] == TRAINED_ALGORITHMIC_MEDIA
-    assert actions[0]["softwareAgent"] == {"name": "alive motion engine"}
+    assert actions[0]["softwareAgent"] == {"name": "alive svd engine"}
     assert actions[1] == resized
     (ingredient,) = m["ingredients"]
     assert ingredient["relationship"] == "inputTo" and ingredient["format"] == "image/jpeg"
@@ -272,7 +272,7 @@ def test_sign_and_verify_trusted_and_untrusted(tmp_path, clip, dev_creds):
     assert "signingCredential.untrusted" not in trusted.status_codes
     assert trusted.digital_source_type == TRAINED_ALGORITHMIC_MEDIA and trusted.ai_generated
     assert trusted.generator == "alive 0.1.0"
-    assert trusted.software_agent == "alive motion engine"
+    assert trusted.software_agent == "alive svd engine"
     assert trusted.title == "my story"
     assert "alive dev signer" in trusted.signer
     assert trusted.to_dict()["ai_generated"] is True

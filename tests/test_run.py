@@ -7,7 +7,7 @@ import pytest
 from pipeline.engines import GenerationOptions
 from pipeline.errors import EncodeFailed, LabelFailed, ModerationBlocked
 from pipeline.probe import probe_video
-from pipeline.provenance import verify
+from pipeline.provenance import ALGORITHMIC_MEDIA, TRAINED_ALGORITHMIC_MEDIA, verify
 from pipeline.run import STAGES, animate
 
 STORY = dict(width=72, height=128)  # 9:16, multiples of 8, small enough to be fast
@@ -30,7 +30,9 @@ def test_motion_story_end_to_end(tmp_path, settings, sample_photo):
     assert facts["audio"]["codec"] == "aac" and facts["audio"]["duration"] == pytest.approx(1.0, abs=0.05)
 
     checked = verify(out, (settings.dev_credentials_dir / "root.pem").read_bytes())
-    assert checked.state == "Trusted" and checked.ai_generated
+    # the classical motion engine uses no trained model: labelled as such, not as AI-generated
+    assert checked.state == "Trusted" and not checked.ai_generated
+    assert checked.digital_source_type == ALGORITHMIC_MEDIA
     assert "motion engine" in checked.software_agent
     assert not checked.has_ingredient_thumbnail
 
@@ -47,7 +49,11 @@ def test_motion_story_end_to_end(tmp_path, settings, sample_photo):
     signed = [a["action"] for a in checked.actions]  # what the label, read back from the file, says was done
     assert signed == ["c2pa.created", "c2pa.edited", "c2pa.edited", "c2pa.resized", "c2pa.edited", "c2pa.edited",
                       "c2pa.transcoded"], checked.actions
-    assert any("AI-generated" in (a["description"] or "") for a in checked.actions)
+    assert any("Animated photo" in (a["description"] or "") for a in checked.actions)
+    assert not any("AI-generated" in (a["description"] or "") for a in checked.actions)
+    assert report["finish"]["overlay"]["text"] == "Animated photo"
+    assert report["finish"]["overlay"]["ai_generated"] is False
+    assert report["engine"]["digital_source_type"] == ALGORITHMIC_MEDIA
     assert "violence" in report["moderation"]["image"]["unchecked"]
     assert report["c2pa"]["verification"]["state"] == "Trusted"
     assert report["source_retained"] is False
@@ -65,6 +71,10 @@ def test_tiny_engine_story(tmp_path, settings, sample_photo):
     assert report["outputs"]["frames"] == 12 and report["outputs"]["fps"] == 12  # the story, retimed and looped
     checked = verify(out, (s.dev_credentials_dir / "root.pem").read_bytes())
     assert checked.state == "Trusted" and "tiny" in checked.software_agent
+    # tiny is SVD on random weights (the same code as svd): labelled as made by a trained model
+    assert checked.digital_source_type == TRAINED_ALGORITHMIC_MEDIA and checked.ai_generated
+    assert report["finish"]["overlay"]["text"] == "AI-generated"
+    assert any("AI-generated" in (a["description"] or "") for a in checked.actions)
 
 
 def test_blocked_photo_writes_nothing(tmp_path, settings, sample_photo):

@@ -43,7 +43,8 @@ def test_default_story_with_ambience_is_what_a_platform_expects(tmp_path, story_
     report = result.report
     assert report["finish"]["loop"]["mode"] == "pingpong" and report["finish"]["retime"]["method"] == "flow"
     assert report["audio"]["kind"] == "ambience" and report["audio"]["name"] == "waves"
-    assert report["finish"]["overlay"]["text"] == "Dibuat dengan AI"
+    # the motion engine uses no trained model: its label says so, in Indonesian (not "Dibuat dengan AI")
+    assert report["finish"]["overlay"]["text"] == "Foto dianimasikan"
 
     # the label is visible in the decoded video: white text on a dark pill inside the recorded box
     x0, y0, x1, y1 = report["finish"]["overlay"]["box"]
@@ -52,9 +53,10 @@ def test_default_story_with_ambience_is_what_a_platform_expects(tmp_path, story_
     assert 0.05 < (box > 200).mean() < 0.6 and (box < 80).mean() > 0.2
 
     checked = verify(out, (settings.dev_credentials_dir / "root.pem").read_bytes())
-    assert checked.state == "Trusted" and checked.ai_generated
+    assert checked.state == "Trusted" and not checked.ai_generated
+    assert checked.digital_source_type == ALGORITHMIC_MEDIA
     descriptions = " | ".join(a["description"] or "" for a in checked.actions)
-    for edit in ("24 to 30 fps", "pingpong", "1080x1920", "Dibuat dengan AI", "waves", "libx264"):
+    for edit in ("24 to 30 fps", "pingpong", "1080x1920", "Foto dianimasikan", "waves", "libx264"):
         assert edit in descriptions, (edit, descriptions)
     assert any(a.get("digitalSourceType") == ALGORITHMIC_MEDIA for a in checked.actions)  # procedural sound
     assert result.preview.read_bytes()[8:12] == b"WEBP"

@@ -39,7 +39,9 @@ class WorkerEnv:
             self.env["ALIVE_WORKER__BROKER_URL"] = broker_url
         for key, value in overrides.items():
             self.env[key] = str(value)
-        sections = {"encode": {"preset": "veryfast"}, "worker": {"broker_url": broker_url, "unacked_restore_interval_s": 1}}
+        sections = {"encode": {"preset": "veryfast"}, "worker": {"broker_url": broker_url, "unacked_restore_interval_s": 1},
+                    # the API of a test server offers the tiny engine the tests use
+                    "api": {"engines_allowed": ["motion", "tiny", "svd"]}}
         for section, values in _nested(overrides).items():
             sections.setdefault(section, {}).update(values)
         self.settings = load_settings(data_dir=data_dir, **sections)

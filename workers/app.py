@@ -55,7 +55,10 @@ def celery_config(settings: Settings) -> dict:
         "worker_prefetch_multiplier": 1,  # a busy GPU worker must not sit on queued jobs
         "task_track_started": True,
         "task_default_queue": w.cpu_queue,
-        "task_routes": {"alive.generate": {"queue": w.gpu_queue}, "alive.*": {"queue": w.cpu_queue}},
+        # Exact names win over globs in Celery's MapRoute (whatever the order); the glob catches the rest.
+        # Webhooks have their own queue and workers: a slow receiver never holds a cpu worker.
+        "task_routes": {"alive.generate": {"queue": w.gpu_queue}, "alive.webhook": {"queue": w.webhook_queue},
+                        "alive.*": {"queue": w.cpu_queue}},
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,  # they come back via redelivery
         # ... but only if that cancel can write RETRY to the result backend. Celery 5.7 marks the request
@@ -72,7 +75,10 @@ def celery_config(settings: Settings) -> dict:
         "beat_schedule": {"alive-cleanup": {"task": "alive.cleanup", "schedule": 3600.0}},
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
         "task_annotations": {
-            "alive.generate": {"soft_time_limit": w.generate_soft_time_limit_s, "time_limit": w.generate_time_limit_s}
+            "alive.generate": {"soft_time_limit": w.generate_soft_time_limit_s, "time_limit": w.generate_time_limit_s},
+            # a delivery ends at its own deadline; these only bound the database calls around it
+            "alive.webhook": {"soft_time_limit": int(settings.api.webhook_timeout_s) + 30,
+                              "time_limit": int(settings.api.webhook_timeout_s) + 60},
         },
     }
     if _is_redis(url):

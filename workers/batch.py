@@ -3,6 +3,12 @@
 Runs in-process (``local=True``) or through the broker (a group of chains). Resumable: an item
 whose video already exists in the output folder and verifies is skipped. One bad file never stops
 the batch; its row says why.
+
+No output lands on an input: every item's paths are planned up front (``pipeline.outputs``) against
+all the inputs of the batch and the outputs of the items before it, so ``alive batch DIR -o DIR``
+writes ``a.mp4`` beside ``a.jpg`` with the poster ``a.poster.jpg`` (the row's ``notes`` say so). A
+poster or preview of an earlier run found among the inputs (listed by an alive report in the output
+folder) is skipped, not animated.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from pipeline.engines import GenerationOptions
 from pipeline.errors import AliveError, ConfigError
 from pipeline.finish import StoryOptions
 from pipeline.jobs import Keys, status_for
+from pipeline.outputs import OutputPlan, Protected, earlier_outputs, plan_outputs
 from pipeline.provenance import default_trust_anchors, verify
 from pipeline.settings import Settings
-from pipeline.storage import open_storage, staged_path
+from pipeline.storage import open_storage, staged_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,10 @@ class Row:
     job_id: str | None = None
     seconds: float | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    poster: str | None = None
+    preview: str | None = None
+    report: str | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. the poster's name moved off an input
 
 
 def read_inputs(spec: Path) -> list[Path]:
@@ -77,10 +88,32 @@ def output_names(inputs: list[Path], out_dir: Path) -> list[Path]:
     return outs
 
 
-def already_done(video: Path, trust: bytes | None) -> bool:
-    if not (video.is_file() and video.with_suffix(".json").is_file()):
+def already_done(video: Path, trust: bytes | None, report: Path | None = None) -> bool:
+    """The video and its report (``report``, else the video's name with .json) exist and the video verifies."""
+    if not (video.is_file() and (report or video.with_suffix(".json")).is_file()):
         return False
     return verify(video, trust).state in ("Valid", "Trusted")
+
+
+def plan_batch(inputs: list[Path], videos: list[Path]) -> list[OutputPlan]:
+    """The output paths of every item: each video's poster, preview and report beside it, none of them
+    on any input of the batch or on another item's outputs (``pipeline.outputs.plan_outputs``)."""
+    protected = Protected()
+    for photo in inputs:
+        protected.add(photo, "an input photo of this batch")
+    return [plan_outputs(video, named_video=False, protected=protected) for video in videos]
+
+
+def earlier_run_files(out_dir: Path) -> Protected:
+    """Posters, previews and videos that alive reports in ``out_dir`` list: what an earlier run of a
+    batch wrote there, so that ``batch DIR -o DIR`` does not take them for photos the second time."""
+    found = Protected()
+    for report in sorted(out_dir.glob("*.json")):
+        names = earlier_outputs(report)
+        for kind in ("video", "poster", "preview"):
+            if kind in names:
+                found.add(out_dir / names[kind], f"the {kind} of an earlier run (listed in {report.name})")
+    return found
 
 
 class Batch:
@@ -91,8 +124,20 @@ class Batch:
         self.story = story
         self.out_dir = out_dir
         self.on_update = on_update or (lambda rows: None)
+        earlier = earlier_run_files(out_dir) if out_dir.is_dir() else Protected()
+        made_before = [earlier.why(i) for i in inputs]  # (what it is, _) for an earlier run's file
+        photos = [i for i, made in zip(inputs, made_before) if made is None]
+        plans = iter(plan_batch(photos, output_names(photos, out_dir)))  # before anything is written
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.rows = [Row(input=str(i), output=str(o)) for i, o in zip(inputs, output_names(inputs, out_dir))]
+        self.rows = []
+        for i, made in zip(inputs, made_before):
+            if made is not None:
+                self.rows.append(Row(input=str(i), output="", status="skipped", reason=f"not a photo: {made[0]}",
+                                     code="earlier_output"))
+                continue
+            plan = next(plans)
+            self.rows.append(Row(input=str(i), output=str(plan.video), poster=str(plan.poster),
+                                 preview=str(plan.preview), report=str(plan.report), notes=list(plan.notes)))
         self.stats: dict[str, Any] = {}
 
     def counts(self) -> dict[str, int]:
@@ -105,7 +150,9 @@ class Batch:
         trust = default_trust_anchors(self.settings)
         todo = []
         for row in self.rows:
-            if already_done(Path(row.output), trust):
+            if row.status == "skipped":  # an earlier run's poster or preview among the inputs
+                continue
+            if already_done(Path(row.output), trust, Path(row.report)):
                 row.status, row.reason = "skipped", "output exists and verifies"
             else:
                 todo.append(row)
@@ -157,7 +204,8 @@ class Batch:
                     update(row, status="running")
                     try:
                         job = run.start(Path(row.input), Path(row.output), settings, self.options,
-                                        prompt=self.prompt, story=self.story)
+                                        prompt=self.prompt, story=self.story, poster=Path(row.poster),
+                                        preview=Path(row.preview), report=Path(row.report), notes=row.notes)
                     except AliveError as exc:
                         failed(row, exc, started)
                         continue
@@ -212,7 +260,7 @@ class Batch:
                 if row.status in ("done", "blocked", "rejected", "failed"):
                     continue
                 if record.status == "succeeded":
-                    self._deliver(storage, job_id, Path(row.output))
+                    self._deliver(storage, job_id, row)
                     row.status, row.timings_s = "done", record.timings_s
                     row.seconds = round(time.perf_counter() - started, 3)
                 elif record.finished:
@@ -231,14 +279,24 @@ class Batch:
                 row.status, row.reason, row.code = "failed", "not finished before the batch timeout", "timeout"
         return self.rows
 
-    def _deliver(self, storage, job_id: str, video: Path) -> None:
-        """Copy the job's video, poster and report next to each other in the output folder."""
+    def _deliver(self, storage, job_id: str, row: Row) -> None:
+        """Copy the job's poster, preview, report and video to the row's planned paths. The report
+        beside the video names those paths (the store's addresses move to ``outputs.stored``) and
+        carries the row's notes."""
         keys = Keys(job_id)
-        for key, target in ((keys.poster, video.with_suffix(".jpg")), (keys.preview, video.with_suffix(".webp")),
-                            (keys.report, video.with_suffix(".json")),
-                            (keys.video, video)):  # the video last: its presence means "complete"
+        targets = {"poster": Path(row.poster), "preview": Path(row.preview), "report": Path(row.report),
+                   "video": Path(row.output)}
+        for key, target in ((keys.poster, targets["poster"]), (keys.preview, targets["preview"])):
             with staged_path(target) as tmp:
                 shutil.copyfile(storage.local_path(key), tmp)
+        doc = json.loads(storage.get_bytes(keys.report))
+        outputs = doc.setdefault("outputs", {})
+        outputs["stored"] = {kind: outputs[kind] for kind in targets if kind in outputs}
+        outputs.update({kind: str(path) for kind, path in targets.items()})
+        doc["notes"] = [*row.notes, *doc.get("notes", [])]
+        write_json_atomic(targets["report"], doc)
+        with staged_path(targets["video"]) as tmp:  # the video last: its presence means "complete"
+            shutil.copyfile(storage.local_path(keys.video), tmp)
 
     def write_summary(self, path: Path) -> Path:
         lines = "".join(json.dumps(asdict(r)) + "\n" for r in self.rows)

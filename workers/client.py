@@ -47,7 +47,7 @@ def read_source(source: bytes | str | Path, settings: Settings) -> bytes:
 
 
 def read_audio(source: bytes | str | Path, settings: Settings) -> bytes:
-    """The job's sound file; whether it is decodable audio is checked when the story is encoded."""
+    """The job's sound file, size-checked (whether it decodes is checked by ``check_request``)."""
     limit = settings.intake.max_audio_bytes
     if isinstance(source, bytes):
         if len(source) > limit:
@@ -63,38 +63,72 @@ def read_audio(source: bytes | str | Path, settings: Settings) -> bytes:
     return path.read_bytes()
 
 
+def allowed_engines(settings: Settings) -> list[str]:
+    """Engines a job sent to this server may ask for (``api.engines_allowed``; by default the
+    configured engine and ``motion``, which needs no weights)."""
+    if settings.api.engines_allowed is not None:
+        return list(settings.api.engines_allowed)
+    return sorted({settings.engine.name, "motion"})
+
+
+def check_request(settings: Settings, story: StoryOptions | None, engine: str | None,
+                  audio: bytes | None) -> Settings:
+    """Everything a job can fail on before generation, checked before anything is stored: the
+    engine, the preset and its limits, the story options, the encoder, the label's language and
+    the sound file. Returns the job's own settings. Messages name no paths or model ids."""
+    from pipeline.audio import check_audio_bytes
+    from pipeline.overlay import label_text
+
+    if engine is not None and engine not in allowed_engines(settings):
+        raise InputRejected(f"engine {engine!r} is not offered by this server; choose one of: "
+                            f"{', '.join(allowed_engines(settings))}", code="engine_not_allowed")
+    job_settings = story_settings(settings, story)
+    check_output_name(Path("story.mp4"), job_settings)
+    label_text(job_settings.overlay)
+    if audio is not None:
+        check_audio_bytes(audio, job_settings.audio)
+    return job_settings
+
+
 def submit(source: bytes | str | Path, settings: Settings, options: GenerationOptions | None = None, *,
            prompt: str | None = None, engine: str | None = None, label: str | None = None,
            job_id: str | None = None, callback_url: str | None = None, story: StoryOptions | None = None,
-           audio: bytes | str | Path | None = None, on_created: Callable[[str], None] | None = None) -> str:
-    """Store the upload, create the job record and send the chain. Returns the job id.
+           audio: bytes | str | Path | None = None,
+           reserve: Callable[[JobRecord], None] | None = None) -> str:
+    """Check the request, sanitise the photo, create the job record and send the chain. Returns
+    the job id.
 
-    ``on_created(job_id)`` runs after the record exists and before the chain is sent (the API
-    attaches its key and idempotency key there); if it raises, the job is removed again. If the
-    broker cannot take the job, the record and the upload are removed and ``TransientError`` says
-    so: a job is either queued or not there at all.
+    The photo is decoded and rebuilt from its pixels here, in the caller's process (intake): only
+    the sanitised pixels are stored for the workers, so the upload as sent (with its EXIF, GPS and
+    comments) never touches the disk, and a file that is not a usable photo is refused before a job
+    exists. ``reserve(record)`` creates the record (default: ``JobStore.create``); the HTTP API
+    passes one that checks the key's quota and inserts the row in one transaction. If anything
+    after it fails, the job is removed again; if the broker cannot take the job, ``TransientError``
+    says so: a job is either queued or not there at all.
     """
+    from pipeline import stages
     from workers.tasks import job_chain
 
-    # a bad preset, option or encoder fails here, before anything is stored
-    check_output_name(Path("story.mp4"), story_settings(settings, story))
-    data = read_source(source, settings)
+    sound = read_audio(audio, settings) if audio is not None else None
+    check_request(settings, story, engine, sound)  # a bad preset, option, encoder or sound fails here
+    taken, changes = stages.intake(read_source(source, settings), settings)
+    clean = stages.png_bytes(taken.image)
     job_id = job_id or new_job_id()
     jobs = open_job_store(settings)
     storage = jobs.storage
     keys = Keys(job_id)
-    storage.put_bytes(keys.source, data)
-    if audio is not None:
-        storage.put_bytes(keys.audio, read_audio(audio, settings))
-    jobs.create(JobRecord(job_id=job_id, options=(options or GenerationOptions()).model_dump(), prompt=prompt,
-                          engine_name=engine, label=label, callback_url=callback_url,
-                          story=story.model_dump(exclude_none=True) if story else {}))
-    if on_created is not None:
-        try:
-            on_created(job_id)
-        except BaseException:
-            jobs.delete_job(job_id)
-            raise
+    record = JobRecord(job_id=job_id, options=(options or GenerationOptions()).model_dump(), prompt=prompt,
+                       engine_name=engine, label=label, callback_url=callback_url,
+                       story=story.model_dump(exclude_none=True) if story else {},
+                       input=taken.facts, changes=changes, source_retained=False)
+    (reserve or jobs.create)(record)
+    try:
+        storage.put_bytes(keys.clean, clean)
+        if sound is not None:
+            storage.put_bytes(keys.audio, sound)
+    except BaseException:
+        jobs.delete_job(job_id)
+        raise
     try:
         job_chain(job_id).apply_async(retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2,
                                                                  "interval_step": 0.5, "interval_max": 2})
@@ -162,6 +196,7 @@ class WorkerProcesses:
         w = self.settings.worker
         self.procs.append(self._spawn(w.gpu_queue, 1))
         self.procs.append(self._spawn(w.cpu_queue, self.concurrency_cpu))
+        self.procs.append(self._spawn(w.webhook_queue, 2))  # outbound calls: never on the cpu worker
         return self
 
     def _spawn(self, queue: str, concurrency: int) -> subprocess.Popen:

@@ -209,7 +209,8 @@ def encode(self, job_id: str) -> str:
         record = ctx.jobs.load(job_id)
         settings = _job_settings(ctx, record)
         started = time.perf_counter()
-        finished = stages.finish(np.asarray(_frames(ctx, job_id)), float(record.options["fps"]), settings)
+        finished = stages.finish(np.asarray(_frames(ctx, job_id)), float(record.options["fps"]), settings,
+                                 source_type=stages.digital_source_type(settings, record.engine))  # visible label
         finish_s = round(time.perf_counter() - started, 4)
         audio = ctx.storage.local_path(keys.audio) if ctx.storage.exists(keys.audio) else None
         with ctx.scratch(job_id) as tmp:
@@ -233,9 +234,11 @@ def label(self, job_id: str) -> str:
             return
         record = ctx.jobs.load(job_id)
         with ctx.scratch(job_id) as tmp:
+            settings = _job_settings(ctx, record)
             summary = stages.label(ctx.storage.local_path(keys.unsigned), tmp / "story.mp4",
                                    ctx.storage.get_bytes(keys.clean), record.software_agent,
-                                   _job_settings(ctx, record), (record.finish or {}).get("c2pa_actions", ()))
+                                   settings, (record.finish or {}).get("c2pa_actions", ()),
+                                   source_type=stages.digital_source_type(settings, record.engine))
             ctx.jobs.update(job_id, c2pa=summary)
             ctx.storage.put_file(keys.video, tmp / "story.mp4")
 
@@ -265,8 +268,12 @@ def finalize(self, job_id: str) -> str:
 
 
 def _notify(record) -> None:
-    """Queue the webhook of a finished job, when it has one (sent by name: service/webhooks.py)."""
-    if record.callback_url:
+    """Queue the webhook of a finished job (sent by name: service/webhooks.py, on the webhook queue).
+
+    A job has one when it carries a callback URL, or when its API key has a ``webhook_url``: that is
+    known only to the database, so every job kept there is sent (``alive.webhook`` looks the target
+    up and returns at once when there is none; the cpu worker never reads webhook secrets)."""
+    if record.callback_url or current_settings().jobs.store == "database":
         app.send_task("alive.webhook", args=[record.job_id])
 
 

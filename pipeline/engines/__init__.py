@@ -7,7 +7,7 @@ import threading
 from pipeline.engines.base import Clip, Engine, GenerationOptions, ProgressFn
 from pipeline.settings import EngineSettings, Settings
 
-__all__ = ["Clip", "Engine", "GenerationOptions", "ProgressFn", "get_engine", "ENGINE_NAMES"]
+__all__ = ["Clip", "Engine", "GenerationOptions", "ProgressFn", "get_engine", "engine_class", "ENGINE_NAMES"]
 
 ENGINE_NAMES = ("motion", "svd", "tiny")
 
@@ -25,6 +25,25 @@ def get_engine(settings: Settings) -> Engine:
         if engine is None:
             engine = _engines[key] = _create(cfg, settings)
     return engine
+
+
+def engine_class(name: str) -> type[Engine]:
+    """The class of the engine called ``name``, imported but not created (no weights, no torch)."""
+    if name == "motion":
+        from pipeline.engines.motion import MotionEngine
+
+        return MotionEngine
+    if name == "tiny":
+        from pipeline.engines.tiny import TinyEngine
+
+        return TinyEngine
+    if name == "svd":
+        from pipeline.engines.svd import SvdEngine
+
+        return SvdEngine
+    from pipeline.errors import ConfigError
+
+    raise ConfigError(f"unknown engine {name!r}: choose one of {', '.join(ENGINE_NAMES)}", code="bad_option")
 
 
 def _create(cfg: EngineSettings, settings: Settings) -> Engine:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -83,6 +83,11 @@ class Engine(abc.ABC):
 
     name: str = "engine"
     default_size: tuple[int, int] = (576, 1024)  # portrait 9:16, the size SVD-XT was fine-tuned near
+    digital_source_type: ClassVar[str]
+    """The IPTC digital source type of the frames this engine makes: what actually made them. It is
+    decided here, once per engine class, and flows to the C2PA ``c2pa.created`` action, the visible
+    label ("AI-generated" only for a trained model), the report and ``alive verify``. Every concrete
+    engine sets it; there is no default, so a new engine cannot inherit a label that is not true of it."""
 
     def resolve(self, options: GenerationOptions) -> GenerationOptions:
         """Fill the size the caller left open with this engine's default."""

@@ -2,6 +2,11 @@
 
 No weights, no GPU, a watchable clip in about a second. It is the README demo's default and the
 fallback for CPU-only deployments; reports and labels name it, so nobody mistakes it for SVD.
+
+Its frames are the user's photo moved and warped by a fixed formula (zoom, pan, radial parallax):
+no model, nothing learned from sampled data. So its label is IPTC ``algorithmicMedia`` ("Pure
+algorithmic media: created purely by an algorithm not based on any sampled training data"), not
+``trainedAlgorithmicMedia``, and the visible label says "Animated photo", not "AI-generated".
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.engines.base import Clip, Engine, GenerationOptions, ProgressFn, pick_seed
+from pipeline.provenance import ALGORITHMIC_MEDIA
 
 DEFAULT_FPS = 24
 DEFAULT_FRAMES = 96  # 4 s at 24 fps
@@ -27,6 +33,7 @@ class MotionEngine(Engine):
     """Zoom + pan with easing, plus a radial parallax that lifts the centre of the picture."""
 
     name = "motion"
+    digital_source_type = ALGORITHMIC_MEDIA  # a formula moves the photo's own pixels; no trained model
 
     def load(self) -> None:  # nothing to load
         return None

@@ -27,6 +27,7 @@ from pipeline.engines import accel
 from pipeline.engines.base import Clip, Engine, GenerationOptions, ProgressFn, pick_seed
 from pipeline.engines.samplers import ConsistencySampler
 from pipeline.errors import ConfigError, GenerationFailed, ModelUnavailable, TransientError
+from pipeline.provenance import TRAINED_ALGORITHMIC_MEDIA
 from pipeline.settings import PerformanceSettings
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class SvdEngine(Engine):
     """Any SVD / SVD-XT checkpoint in diffusers format (hub cache or local directory)."""
 
     name = "svd"
+    # a trained diffusion model makes every frame (also ``tiny``: the same code on random weights)
+    digital_source_type = TRAINED_ALGORITHMIC_MEDIA
 
     def __init__(
         self,
