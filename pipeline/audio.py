@@ -283,7 +283,10 @@ def check_audio_bytes(data: bytes, settings: AudioSettings) -> None:
     with tempfile.TemporaryDirectory(prefix="alive-audio-") as folder:
         path = Path(folder) / "sound"
         path.write_bytes(data)
-        _decode_file(path, 1.0, settings.sample_rate)
+        try:
+            _decode_file(path, 1.0, settings.sample_rate)
+        except InputRejected as exc:  # the temp name means nothing to the sender
+            raise InputRejected(exc.message.replace("the audio file 'sound'", "the sound file"), code=exc.code) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -362,7 +362,7 @@ def worker(
         from service.api import harden_data_dir
 
         settings = _settings(config)
-        harden_data_dir(settings)  # umask 077: the store, logs, database and broker files it makes are 0600
+        harden_data_dir(settings, process_umask=True)  # umask 077: the store, logs, database and broker files it makes are 0600
         connect(settings)
         names = {"cpu": settings.worker.cpu_queue, "gpu": settings.worker.gpu_queue, "webhooks": settings.worker.webhook_queue}
         wanted = [names.get(q.strip(), q.strip()) for q in queues.split(",") if q.strip()]
@@ -591,7 +591,7 @@ def serve(
         from workers.client import local_workers_if_needed
 
         settings = _settings(config, jobs={"store": "database"})
-        harden_data_dir(settings)
+        harden_data_dir(settings, process_umask=True)
         url = db.database_url(settings)
         db.migrate(url)
         demo = None

@@ -630,12 +630,15 @@ def _mount_docs(app: FastAPI) -> None:
         return Response(DOCS_INIT, media_type="text/javascript")
 
 
-def harden_data_dir(settings: Settings) -> None:
-    """The data dir and everything alive makes in it are private to this user: folders 0700,
-    files 0600 (umask 077 for this process and the workers and broker it starts)."""
+def harden_data_dir(settings: Settings, *, process_umask: bool = False) -> None:
+    """Keep the data dir private to this user: its folder and the store are 0700. With
+    ``process_umask`` (the ``alive serve`` and ``alive worker`` processes) the umask becomes 077, so
+    every file they and the workers and broker they start make (database, WAL, logs, store files,
+    the broker's append-only file) is 0600 and every folder 0700."""
     import os
 
-    os.umask(0o077)
+    if process_umask:
+        os.umask(0o077)
     for folder in (settings.data_dir, settings.store_root):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o700)
