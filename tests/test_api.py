@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from pipeline.jobs import Keys
 from tests.worker_fixtures import WorkerEnv
+from tests.deadlines import scaled
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +61,7 @@ def _post(client, photo, **form):
 
 
 def _wait(client, job_id, timeout=120):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         doc = client.get(f"/v1/animations/{job_id}").json()
         if doc["status"] in ("succeeded", "failed", "blocked", "rejected"):
@@ -187,7 +188,7 @@ def test_signed_webhook_is_delivered_and_logged(service, sample_photo):
         job_id = _post(client, sample_photo,
                        callback_url=f"http://127.0.0.1:{server.server_address[1]}/hook").json()["id"]
         assert _wait(client, job_id)["status"] == "succeeded"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while not received and time.monotonic() < deadline:
             time.sleep(0.2)
         assert received, "no webhook arrived"

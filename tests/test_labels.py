@@ -36,6 +36,7 @@ from pipeline.provenance import (
     verify,
 )
 from pipeline.settings import LabelSettings, OverlaySettings
+from tests.deadlines import scaled
 
 SMALL = ["--width", "72", "--height", "128", "--frames", "6", "--seed", "3"]
 # what `curl -o story.mp4` saves when the video is not ready yet (service/api.py's error body)
@@ -267,7 +268,7 @@ def test_celery_chain_labels_motion_on_an_svd_worker_as_animated(tmp_path, data_
         env.start_worker("cpu,gpu", name="all")
         options = GenerationOptions.build(seed=2, num_frames=6, width=72, height=128)
         job_id = submit(sample_photo, env.settings, options, engine="motion")
-        record = wait([job_id], env.settings, timeout=120)[job_id]
+        record = wait([job_id], env.settings, timeout=scaled(120))[job_id]
         assert record.status == "succeeded", record.error
         assert record.engine["engine"] == "motion" and record.engine["digital_source_type"] == ALGORITHMIC_MEDIA
         assert record.finish["overlay"]["text"] == "Animated photo"

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.worker_fixtures import WorkerEnv
+from tests.deadlines import scaled
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +65,7 @@ def served(tmp_path_factory, data_dir):
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
         thread.start()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + scaled(20)
         while not server.started:
             assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start within 20 s"
             time.sleep(0.05)
@@ -117,7 +118,7 @@ def test_animate_a_photo_in_the_browser(browser, served, sample_photo):
         # It plays: muted and looping, so play() is allowed headless and time moves on.
         page.evaluate("() => document.getElementById('video').play()")
         page.wait_for_function("() => { const v = document.getElementById('video');"
-                               " return !v.paused && v.currentTime > 0.1; }", timeout=15_000)
+                               " return !v.paused && v.currentTime > 0.1; }", timeout=scaled(15) * 1000)
 
         assert page.is_visible("#badge") and page.text_content("#badge") == "AI-generated"
         terms = page.eval_on_selector_all("#credential dt", "els => els.map(e => e.textContent)")
@@ -130,7 +131,7 @@ def test_animate_a_photo_in_the_browser(browser, served, sample_photo):
         assert page.get_attribute("#download", "href") == video["src"]
 
         page.click("#share")
-        page.wait_for_function("() => document.getElementById('shared').textContent.includes('/s/')", timeout=15_000)
+        page.wait_for_function("() => document.getElementById('shared').textContent.includes('/s/')", timeout=scaled(15) * 1000)
         assert page.text_content("#shared").startswith(f"{base}/s/")
 
         ARTIFACTS.mkdir(exist_ok=True)

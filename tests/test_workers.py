@@ -12,6 +12,7 @@ from pipeline.jobs import Keys, open_job_store
 from pipeline.provenance import verify
 from pipeline.storage import open_storage
 from tests.worker_fixtures import WorkerEnv
+from tests.deadlines import scaled
 from workers.client import connect, submit, wait
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,7 @@ def test_chain_runs_on_separate_gpu_and_cpu_workers(cluster, sample_photo):
     cluster.start_worker("gpu", name="gpu")
     cluster.start_worker("cpu", name="cpu")
     job_id = submit(sample_photo, cluster.settings, SMALL, engine="tiny", prompt="waves", label="astronaut.jpg")
-    record = wait([job_id], cluster.settings, timeout=120)[job_id]
+    record = wait([job_id], cluster.settings, timeout=scaled(120))[job_id]
     assert record.status == "succeeded", record.error
     storage, jobs = _store(cluster)
     keys = Keys(job_id)
@@ -65,7 +66,7 @@ def test_rejected_and_blocked_jobs_record_the_reason_and_keep_nothing(cluster, t
     bad.write_bytes(b"GIF89a not really")
     rejected = submit(bad, cluster.settings, SMALL, engine="tiny")
     blocked = submit(sample_photo, cluster.settings, SMALL, engine="tiny", prompt="naked people")
-    records = wait([rejected, blocked], cluster.settings, timeout=60)
+    records = wait([rejected, blocked], cluster.settings, timeout=scaled(60))
     storage, _ = _store(cluster)
     assert records[rejected].status == "rejected" and records[rejected].error["code"] in ("unsupported_format",
                                                                                         "not_an_image")
@@ -80,7 +81,7 @@ def test_rejected_and_blocked_jobs_record_the_reason_and_keep_nothing(cluster, t
 def test_duplicate_delivery_of_finished_tasks_is_a_no_op(cluster, sample_photo):
     cluster.start_worker("cpu,gpu")
     job_id = submit(sample_photo, cluster.settings, SMALL, engine="tiny")
-    assert wait([job_id], cluster.settings, timeout=120)[job_id].status == "succeeded"
+    assert wait([job_id], cluster.settings, timeout=scaled(120))[job_id].status == "succeeded"
     storage, jobs = _store(cluster)
     video = storage.local_path(Keys(job_id).video)
     before = (video.stat().st_ino, video.stat().st_mtime_ns, jobs.load(job_id).updated_at)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.settings import load_settings
 from workers.broker import embedded_broker
+from tests.deadlines import scaled
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,6 +65,7 @@ class WorkerEnv:
 
     def _wait_ready(self, name: str, timeout: float = 60.0) -> None:
         log = self.data_dir / f"{name}.log"
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if log.exists() and b" ready." in log.read_bytes():
