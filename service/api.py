@@ -440,7 +440,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         try:
             job_id = submit(data, settings, options, prompt=prompt, engine=engine, callback_url=callback_url,
-                            story=story, audio=sound, reserve=reserve)
+                            story=story, audio=sound, reserve=reserve, engines=allowed_engines(settings))
         except db.IntegrityError:  # the same Idempotency-Key raced in from another request
             existing = db.find_by_idempotency(url, key.id, idempotency_key)
             response.status_code = 200

@@ -71,7 +71,7 @@ def test_queued_batch_spawns_workers_on_the_embedded_broker(tmp_path, photos, da
         assert rows["broken.jpg"]["status"] == "rejected"
         assert (out / "b.mp4").is_file()
         logs = list((env.data_dir / "logs").glob("worker-*.log"))
-        assert len(logs) == 2  # one gpu, one cpu worker, stopped again at the end
+        assert len(logs) == 3  # one gpu, one cpu and one webhooks worker, stopped again at the end
     finally:
         env.close()
 

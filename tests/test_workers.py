@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipeline.engines import GenerationOptions
-from pipeline.errors import TransientError
+from pipeline.errors import InputRejected, TransientError
 from pipeline.jobs import Keys, open_job_store
 from pipeline.provenance import verify
 from pipeline.storage import open_storage
@@ -64,15 +64,20 @@ def test_rejected_and_blocked_jobs_record_the_reason_and_keep_nothing(cluster, t
     cluster.start_worker("cpu,gpu")
     bad = tmp_path / "fake.jpg"
     bad.write_bytes(b"GIF89a not really")
-    rejected = submit(bad, cluster.settings, SMALL, engine="tiny")
-    blocked = submit(sample_photo, cluster.settings, SMALL, engine="tiny", prompt="naked people")
-    records = wait([rejected, blocked], cluster.settings, timeout=scaled(60))
     storage, _ = _store(cluster)
-    assert records[rejected].status == "rejected" and records[rejected].error["code"] in ("unsupported_format",
-                                                                                        "not_an_image")
+    before = sorted(p.name for p in (cluster.settings.store_root / "jobs").glob("*")) \
+        if (cluster.settings.store_root / "jobs").exists() else []
+    with pytest.raises(InputRejected) as refused:  # intake runs at submit: no job is ever made for it
+        submit(bad, cluster.settings, SMALL, engine="tiny")
+    assert refused.value.code in ("unsupported_format", "not_an_image")
+    after = sorted(p.name for p in (cluster.settings.store_root / "jobs").glob("*")) \
+        if (cluster.settings.store_root / "jobs").exists() else []
+    assert after == before
+    blocked = submit(sample_photo, cluster.settings, SMALL, engine="tiny", prompt="naked people")
+    records = wait([blocked], cluster.settings, timeout=scaled(60))
     assert records[blocked].status == "blocked" and records[blocked].error["code"] == "blocked_prompt"
     assert records[blocked].moderation["prompt"]["decision"] == "block"
-    for job_id in (rejected, blocked):
+    for job_id in (blocked,):
         for key in Keys(job_id).transient:
             assert not storage.exists(key)
         assert json.loads(storage.get_bytes(Keys(job_id).report))["status"] in ("rejected", "blocked")

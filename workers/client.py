@@ -72,16 +72,18 @@ def allowed_engines(settings: Settings) -> list[str]:
 
 
 def check_request(settings: Settings, story: StoryOptions | None, engine: str | None,
-                  audio: bytes | None) -> Settings:
+                  audio: bytes | None, engines: list[str] | None = None) -> Settings:
     """Everything a job can fail on before generation, checked before anything is stored: the
     engine, the preset and its limits, the story options, the encoder, the label's language and
-    the sound file. Returns the job's own settings. Messages name no paths or model ids."""
+    the sound file. ``engines``: the engines this caller may choose (the HTTP API passes
+    ``allowed_engines``; the CLI's operator may choose any). Returns the job's own settings.
+    Messages name no paths or model ids."""
     from pipeline.audio import check_audio_bytes
     from pipeline.overlay import label_text
 
-    if engine is not None and engine not in allowed_engines(settings):
+    if engine is not None and engines is not None and engine not in engines:
         raise InputRejected(f"engine {engine!r} is not offered by this server; choose one of: "
-                            f"{', '.join(allowed_engines(settings))}", code="engine_not_allowed")
+                            f"{', '.join(engines)}", code="engine_not_allowed")
     job_settings = story_settings(settings, story)
     check_output_name(Path("story.mp4"), job_settings)
     label_text(job_settings.overlay)
@@ -94,7 +96,7 @@ def submit(source: bytes | str | Path, settings: Settings, options: GenerationOp
            prompt: str | None = None, engine: str | None = None, label: str | None = None,
            job_id: str | None = None, callback_url: str | None = None, story: StoryOptions | None = None,
            audio: bytes | str | Path | None = None,
-           reserve: Callable[[JobRecord], None] | None = None) -> str:
+           reserve: Callable[[JobRecord], None] | None = None, engines: list[str] | None = None) -> str:
     """Check the request, sanitise the photo, create the job record and send the chain. Returns
     the job id.
 
@@ -110,7 +112,7 @@ def submit(source: bytes | str | Path, settings: Settings, options: GenerationOp
     from workers.tasks import job_chain
 
     sound = read_audio(audio, settings) if audio is not None else None
-    check_request(settings, story, engine, sound)  # a bad preset, option, encoder or sound fails here
+    check_request(settings, story, engine, sound, engines)  # a bad preset, option, encoder or sound fails here
     taken, changes = stages.intake(read_source(source, settings), settings)
     clean = stages.png_bytes(taken.image)
     job_id = job_id or new_job_id()
