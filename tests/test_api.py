@@ -32,7 +32,8 @@ def _postgres_url() -> str | None:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def service(request, tmp_path, data_dir):
-    overrides = {"ALIVE_JOBS__STORE": "database"}
+    # the tests' webhook receivers listen on loopback: allow-listed, as an on-prem operator would
+    overrides = {"ALIVE_JOBS__STORE": "database", "ALIVE_API__WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]'}
     if request.param == "postgresql":
         url = _postgres_url()
         if url is None:
@@ -184,7 +185,7 @@ def test_signed_webhook_is_delivered_and_logged(service, sample_photo):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        env.start_worker("cpu,gpu")
+        env.start_worker("cpu,gpu,webhooks")
         job_id = _post(client, sample_photo,
                        callback_url=f"http://127.0.0.1:{server.server_address[1]}/hook").json()["id"]
         assert _wait(client, job_id)["status"] == "succeeded"
@@ -194,7 +195,7 @@ def test_signed_webhook_is_delivered_and_logged(service, sample_photo):
         assert received, "no webhook arrived"
         headers, body = received[0]
         with db.session(url, readonly=True) as s:
-            secret = s.get(db.ApiKey, db.get_job(url, job_id).api_key_id).webhook_secret
+            secret = db.unseal_secret(url, s.get(db.ApiKey, db.get_job(url, job_id).api_key_id).webhook_secret)
         assert verify_signature(secret, headers["X-Alive-Timestamp"], body, headers["X-Alive-Signature"])
         assert not verify_signature(secret, headers["X-Alive-Timestamp"], body + b" ", headers["X-Alive-Signature"])
         assert json.loads(body)["event"] == "animation.succeeded"

@@ -22,6 +22,7 @@ import pytest
 from pipeline.errors import InputRejected
 from pipeline.jobs import JobRecord, open_job_store
 from pipeline.settings import load_settings
+from tests.deadlines import scaled
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,7 +347,8 @@ def test_a_trickling_receiver_is_cut_at_the_deadline(receivers, hooks, where):
     started = time.monotonic()
     status, error = post(check_callback_url(listener.url(), settings), b"{}", {}, deadline, 4096)
     elapsed = time.monotonic() - started
-    assert elapsed >= deadline * 0.9 and elapsed < deadline * 3 + 2, elapsed  # the trickle would last > 20 s
+    # the trickle would last > 20 s; only scheduling on a loaded machine may add to the deadline
+    assert deadline * 0.9 <= elapsed < min(scaled(deadline) + 2, 15), elapsed
     if where == "head":
         assert (status, error) == (None, f"no complete reply within {deadline:g} s")
     else:  # the status came in time: the slow body is cut, the delivery stands
@@ -367,10 +369,9 @@ def test_a_huge_reply_is_read_only_up_to_the_cap(receivers, hooks):
     listener = receivers(respond)
     settings = hooks(webhook_allow_hosts=["127.0.0.1"])
     target = check_callback_url(listener.url(), settings)
-    reply = exchange(target, b"{}", {}, deadline_s=10, max_response_bytes=4096)
+    reply = exchange(target, b"{}", {}, deadline_s=scaled(10), max_response_bytes=4096)
     assert reply.status == 200 and reply.error is None
     assert len(reply.body) == 4096 and reply.bytes_read <= 4096 + MAX_HEAD_BYTES
-    assert reply.elapsed_s < 5
     assert post(target, b"{}", {}, 10, 100) == (200, None)
 
 
@@ -507,14 +508,15 @@ def test_a_slow_receiver_holds_only_the_webhooks_worker(tmp_path, data_dir, samp
 
     previous = app.conf.alive_settings
     release = threading.Event()
+    hold_s = int(scaled(300))  # the receiver's hold and the delivery's deadline: longer than any wait here
 
     def slow(receiver, conn, request, n):  # hold the delivery until the test lets it go
-        release.wait(120)
+        release.wait(hold_s)
         answer(204)(receiver, conn, request, n)
 
     listener = receivers(slow)
     env = WorkerEnv(tmp_path / "d", data_dir / "models", ALIVE_JOBS__STORE="database",
-                    ALIVE_API__WEBHOOK_TIMEOUT_S=120)
+                    ALIVE_API__WEBHOOK_TIMEOUT_S=hold_s)
     env.env["ALIVE_API__WEBHOOK_ALLOW_HOSTS"] = '["127.0.0.1"]'
     try:
         connect(env.settings)
@@ -534,7 +536,7 @@ def test_a_slow_receiver_holds_only_the_webhooks_worker(tmp_path, data_dir, samp
             assert reply.status_code == 202, reply.text
             return reply.json()["id"]
 
-        def wait_done(job_id, key, timeout=180):
+        def wait_done(job_id, key, timeout=scaled(120)):
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 doc = client.get(f"/v1/animations/{job_id}", headers={"Authorization": f"Bearer {key}"}).json()
@@ -545,12 +547,12 @@ def test_a_slow_receiver_holds_only_the_webhooks_worker(tmp_path, data_dir, samp
 
         first = submit(with_hook)  # no callback_url: the key's webhook_url is the target
         assert wait_done(first, with_hook)["status"] == "succeeded"
-        assert listener.arrived.wait(60), "the key's webhook never arrived"
+        assert listener.arrived.wait(scaled(20)), "the key's webhook never arrived"
         second = submit(plain)  # the delivery is held open by the receiver meanwhile
         assert wait_done(second, plain)["status"] == "succeeded"
         assert not release.is_set() and db.deliveries(url, first) == []  # still in progress
         release.set()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + scaled(20)
         while not db.deliveries(url, first) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert [(d.delivered, d.status_code) for d in db.deliveries(url, first)] == [(True, 204)]

@@ -100,5 +100,9 @@ def _nested(overrides: dict) -> dict:
     out: dict = {}
     for key, value in overrides.items():
         section, name = key.removeprefix("ALIVE_").lower().split("__", 1)
+        if isinstance(value, str) and value.startswith(("[", "{")):  # as pydantic-settings reads the env
+            import json
+
+            value = json.loads(value)
         out.setdefault(section, {})[name] = value
     return out
