@@ -633,6 +633,14 @@ def _keys_db(config: Optional[Path]) -> str:
     return url
 
 
+def _change_live_key(config: Optional[Path], key_id: int, change: Callable[[str, int], Any]) -> Any:
+    """Run ``change(url, key_id)`` (revoke, rotate ...); a falsy answer means no such live key."""
+    result = change(_keys_db(config), key_id)
+    if not result:
+        raise ConfigError(f"no live API key with id {key_id} (see `alive keys list`)", code="no_such_key")
+    return result
+
+
 @keys_app.command("create", epilog=EXIT_CODES_HELP)
 def keys_create(
     name: str = typer.Option("key", "--name", help="A name you will recognise in `alive keys list`."),
@@ -706,8 +714,7 @@ def keys_revoke(
     def work() -> int:
         from service import db
 
-        if not db.revoke_api_key(_keys_db(config), key_id):
-            raise ConfigError(f"no live API key with id {key_id} (see `alive keys list`)", code="no_such_key")
+        _change_live_key(config, key_id, db.revoke_api_key)
         out.print(f"revoked key {key_id}")
         return 0
 
@@ -724,10 +731,7 @@ def keys_rotate_secret(
     def work() -> int:
         from service import db
 
-        secret = db.rotate_webhook_secret(_keys_db(config), key_id)
-        if secret is None:
-            raise ConfigError(f"no live API key with id {key_id} (see `alive keys list`)", code="no_such_key")
-        out.print(secret)
+        out.print(_change_live_key(config, key_id, db.rotate_webhook_secret))
         return 0
 
     _guard(work)
