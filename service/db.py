@@ -232,6 +232,9 @@ def _fernet(url: str):
         raise ConfigError(f"the webhook secret key file {path} is not a Fernet key", code="secret_key_bad") from exc
 
 
+_SECRET_KEYS: dict[Path, bytes] = {}  # read once per process: every seal, unseal and salt needs it
+
+
 def _secret_key(url: str) -> tuple[bytes, Path]:
     """The deployment's secret key (made once, mode 0600, by the first process that needs it)."""
     from cryptography.fernet import Fernet
@@ -240,6 +243,8 @@ def _secret_key(url: str) -> tuple[bytes, Path]:
     if path is None:
         raise ConfigError("the webhook secret key file is unknown for this database: call "
                           "database_url(settings) first", code="secret_key_missing")
+    if path in _SECRET_KEYS:
+        return _SECRET_KEYS[path], path
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:  # first process wins; the others read its key
@@ -257,6 +262,8 @@ def _secret_key(url: str) -> tuple[bytes, Path]:
 
         time.sleep(0.2)
         key = path.read_bytes().strip()
+    if key:
+        _SECRET_KEYS[path] = key
     return key, path
 
 
