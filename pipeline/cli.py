@@ -555,7 +555,8 @@ def cleanup(config: Optional[Path] = typer.Option(None, "--config", "-c", help="
     """Delete finished jobs older than storage.retention_hours from the job store."""
 
     def work() -> int:
-        from pipeline.jobs import cleanup as remove_expired, open_job_store
+        from pipeline.jobs import cleanup as remove_expired
+        from service.stores import open_job_store
 
         settings = _settings(config)
         removed = remove_expired(open_job_store(settings), settings.storage.retention_hours)

@@ -229,18 +229,6 @@ class FileJobStore(JobStore):
         self.storage.delete(Keys(job_id).record)
 
 
-def open_job_store(settings) -> JobStore:
-    """The job store configured in settings: JSON files in the store, or the database."""
-    from pipeline.storage import open_storage
-
-    storage = open_storage(settings)
-    if settings.jobs.store == "database":
-        from service.db import SqlJobStore
-
-        return SqlJobStore(storage, settings)
-    return FileJobStore(storage)
-
-
 def cleanup(store: JobStore, retention_hours: float, now_: dt.datetime | None = None) -> list[str]:
     """Delete every file of finished jobs last updated more than ``retention_hours`` ago."""
     limit = (now_ or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(hours=retention_hours)
@@ -249,6 +237,8 @@ def cleanup(store: JobStore, retention_hours: float, now_: dt.datetime | None = 
         try:
             record = store.load(job_id)
         except (ValueError, OSError):  # half-created or damaged record: judge by the folder's age
+            if not isinstance(store.storage, LocalStorage):
+                continue
             folder = store.storage.local_path(Keys(job_id).prefix)
             if dt.datetime.fromtimestamp(folder.stat().st_mtime, dt.timezone.utc) > limit:
                 continue

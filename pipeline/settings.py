@@ -194,10 +194,36 @@ class LabelSettings(_Section):
     title: str = "AI-generated story video"
 
 
+class S3Settings(_Section):
+    """An S3-compatible object store (AWS S3, SeaweedFS, MinIO, R2 ...). Credentials come from the standard
+    AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, an instance role), never from here."""
+
+    endpoint_url: str | None = Field(None, description="S3 endpoint, e.g. http://seaweedfs:8333; None = AWS")
+    bucket: str | None = Field(None, description="bucket holding every job file (must exist)")
+    prefix: str = Field("", description="key prefix inside the bucket, e.g. alive/ (several deployments, one bucket)")
+    region: str | None = Field(None, description="region name; None = the AWS chain's (us-east-1 for most servers)")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "path", description="path (bucket in the path: what most self-hosted servers need) or virtual (bucket.host)")
+    multipart_threshold_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024,
+                                           description="objects above this are uploaded in parts")
+    multipart_chunk_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024, description="size of one part")
+
+
 class StorageSettings(_Section):
+    backend: Literal["local", "s3"] = Field("local", description="local folder, or an S3-compatible object store")
     root: Path | None = Field(None, description="local store for job files; None = <data_dir>/store")
     public_base_url: str | None = Field(None, description="URL prefix for shareable links; None = file paths")
     retention_hours: float = Field(168.0, gt=0, description="finished jobs' outputs are deleted after this")
+    s3: S3Settings = S3Settings()
+    presign_ttl_s: int = Field(900, ge=1, le=7 * 24 * 3600, description="lifetime of a presigned download URL")
+    scratch_dir: Path | None = Field(None, description="worker-local temp folder of running tasks, emptied when "
+                                                       "each task ends; None = <data_dir>/scratch")
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> "StorageSettings":
+        if self.backend == "s3" and not self.s3.bucket:
+            raise ValueError("storage.backend is s3 but storage.s3.bucket is not set (ALIVE_STORAGE__S3__BUCKET)")
+        return self
 
 
 class WorkerSettings(_Section):
@@ -214,6 +240,23 @@ class WorkerSettings(_Section):
     cpu_time_limit_s: int = Field(420, ge=1, description="every other task: hard limit")
     max_retries: int = Field(3, ge=0, le=20, description="retries of a TransientError before the job fails")
     retry_backoff_s: int = Field(2, ge=0, description="first retry delay; doubles each time (with jitter)")
+    disk_full_retries: int = Field(8, ge=0, le=50, description="retries of a stage that found the store or "
+                                                              "scratch disk full (backoff doubling to 5 min)")
+    heartbeat_interval_s: float = Field(5.0, gt=0, description="a running stage writes its heartbeat this often")
+    heartbeat_timeout_s: float = Field(60.0, gt=0, description="a stage whose heartbeat is older is stalled: the "
+                                                               "reconciler dispatches it again with a new token")
+    max_stage_attempts: int = Field(3, ge=1, le=20, description="lost or crashed attempts of one stage before the "
+                                                                "job fails with worker_lost")
+    reconcile_interval_s: float = Field(10.0, gt=0, description="how often the reconciler looks for stalled and "
+                                                                "lost jobs (alive worker --beat, alive serve)")
+    rabbitmq_queue_type: Literal["classic", "quorum"] = Field(
+        "quorum", description="RabbitMQ: quorum queues (replicated, delivery limit + dead letters) or classic")
+    rabbitmq_delivery_limit: int = Field(5, ge=1, description="RabbitMQ quorum: deliveries of one message before "
+                                                              "it is dead-lettered")
+    dead_letter_queue: str = Field("dead", description="RabbitMQ: where messages past the delivery limit go; the "
+                                                       "reconciler fails their jobs with a reason")
+    shutdown_grace_s: int = Field(780, ge=1, description="SIGTERM: the running task may finish for this long, then "
+                                                         "it is re-queued; give orchestrators more than this")
 
     @model_validator(mode="after")
     def _limits_fit(self) -> "WorkerSettings":
@@ -226,6 +269,9 @@ class WorkerSettings(_Section):
         if self.generate_soft_time_limit_s >= self.generate_time_limit_s or \
                 self.cpu_soft_time_limit_s >= self.cpu_time_limit_s:
             raise ValueError("each soft time limit must be below its hard time limit")
+        if self.heartbeat_timeout_s <= 2 * self.heartbeat_interval_s:
+            raise ValueError(f"heartbeat_timeout_s ({self.heartbeat_timeout_s}) must exceed twice "
+                             f"heartbeat_interval_s ({self.heartbeat_interval_s}), or live stages look stalled")
         return self
 
 
@@ -267,6 +313,9 @@ class ApiSettings(_Section):
     rate_limit_redis_url: str | None = Field(
         None, description="Redis holding the rate limits shared by every API process; None = the broker's Redis "
                           "(or the result backend's when the broker is RabbitMQ)")
+    download: Literal["redirect", "proxy"] = Field(
+        "redirect", description="files of an object store: 302 to a presigned URL, or streamed through the API "
+                                "(a local store is always served by the API)")
     secret_key_file: Path | None = Field(
         None, description="key that encrypts webhook secrets at rest; None = <data_dir>/secret.key (made once, 0600); "
                           "every API and webhook host needs the same file")
@@ -293,6 +342,13 @@ class Settings(BaseSettings):
     jobs: JobsSettings = JobsSettings()
     api: ApiSettings = ApiSettings()
 
+    @model_validator(mode="after")
+    def _store_fits_storage(self) -> "Settings":
+        if self.storage.backend == "s3" and self.jobs.store == "files":
+            raise ValueError("storage.backend s3 needs jobs.store: database (ALIVE_JOBS__STORE=database): job "
+                             "records on files cannot be locked across hosts")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -318,6 +374,10 @@ class Settings(BaseSettings):
     @property
     def store_root(self) -> Path:
         return self.storage.root or self.data_dir / "store"
+
+    @property
+    def scratch_root(self) -> Path:
+        return self.storage.scratch_dir or self.data_dir / "scratch"
 
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "presets"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -61,30 +63,37 @@ def write_json_atomic(path: Path, data: Any) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# Job storage: a small interface so an object store can replace the local directory later.
+# Job storage: one interface, a local directory (default) or an S3-compatible object store.
 
 
 class Storage:
     """Where job files live, addressed by keys like ``jobs/<job id>/story.mp4``.
 
-    The local implementation below is the default; an object store implements the same methods.
+    Every write is atomic from a reader's view: a key holds the old object, the new one or nothing,
+    never half of one. Workers never assume a shared disk: they read through ``readable_path`` (the
+    file itself here, a download into the task's scratch folder for an object store).
     """
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         raise NotImplementedError
 
-    def put_file(self, key: str, path: Path) -> None:
-        """Store a finished local file under ``key`` (moving it when it can)."""
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
+        """Store a finished local file under ``key``; ``path`` may be moved away (it is the caller's temp)."""
         raise NotImplementedError
 
     def get_bytes(self, key: str) -> bytes:
         raise NotImplementedError
 
-    def local_path(self, key: str) -> Path:
-        """A local file path to read ``key`` from (the file itself for the local store)."""
+    def readable_path(self, key: str, scratch: Path) -> Path:
+        """A local file with the object's bytes, to read (never to write): the stored file itself for a
+        local store, a copy downloaded into ``scratch`` (the task's temp folder) for an object store."""
         raise NotImplementedError
 
     def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def size(self, key: str) -> int | None:
+        """Bytes of the object, or None when there is none."""
         raise NotImplementedError
 
     def delete(self, key: str) -> None:
@@ -93,12 +102,30 @@ class Storage:
     def delete_prefix(self, prefix: str) -> int:
         raise NotImplementedError
 
-    def url(self, key: str) -> str:
+    def list_prefix(self, prefix: str) -> list[str]:
+        """Keys of the objects under ``prefix/`` (recursively), sorted."""
         raise NotImplementedError
+
+    def url(self, key: str) -> str:
+        """A stable reference for reports (file:// URI, public URL, or s3://bucket/key); not a download link."""
+        raise NotImplementedError
+
+    def presigned_url(self, key: str, ttl_s: int, *, filename: str | None = None,
+                      content_type: str | None = None) -> str | None:
+        """A time-limited download URL anyone holding it may GET (Range works), or None when this store
+        cannot make one (a local folder: the API serves the file itself)."""
+        return None
+
+    def open_range(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The bytes ``start``..``end`` (inclusive; None = to the end) of an object, in chunks."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise ``OSError`` when the store cannot be written (readiness probes, start-up)."""
 
 
 class LocalStorage(Storage):
-    """A directory on a local or shared file system; every write is atomic."""
+    """A directory on a local file system; every write is atomic (temp file + rename)."""
 
     def __init__(self, root: Path, public_base_url: str | None = None):
         self.root = Path(root)
@@ -110,38 +137,49 @@ class LocalStorage(Storage):
             raise ValueError(f"bad storage key {key!r}")
         return self.root.joinpath(*parts)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def local_path(self, key: str) -> Path:
+        """The file behind ``key`` (local store only: the API serves it, the file job store locks beside it)."""
+        return self.path(key)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(target, data)
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             publish(path, target)  # same file system: an atomic rename
-        except OSError:
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
             with staged_path(target) as tmp:  # another file system: copy, then rename
-                import shutil
-
                 shutil.copyfile(path, tmp)
             Path(path).unlink(missing_ok=True)
 
     def get_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()
 
-    def local_path(self, key: str) -> Path:
-        return self.path(key)
+    def readable_path(self, key: str, scratch: Path) -> Path:
+        path = self.path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"no object {key!r} in the store")
+        return path
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self.path(key).stat().st_size
+        except FileNotFoundError:
+            return None
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> int:
-        import shutil
-
         folder = self.path(prefix)
         if not folder.exists():
             return 0
@@ -149,12 +187,39 @@ class LocalStorage(Storage):
         shutil.rmtree(folder, ignore_errors=True)
         return count
 
+    def list_prefix(self, prefix: str) -> list[str]:
+        folder = self.path(prefix)
+        if not folder.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
+
     def url(self, key: str) -> str:
         if self.public_base_url:
             return f"{self.public_base_url}/{key}"
         return self.path(key).resolve().as_uri()
 
+    def open_range(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        with self.path(key).open("rb") as fh:
+            fh.seek(start)
+            left = None if end is None else end - start + 1
+            while left is None or left > 0:
+                chunk = fh.read(1 << 20 if left is None else min(1 << 20, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
+
+    def check(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = create_temp_beside(self.root / "probe")
+        probe.unlink()
+
 
 def open_storage(settings) -> Storage:
-    """The job store configured in settings (the local directory for now)."""
+    """The job store configured in settings: ``storage.backend`` local (default) or s3."""
+    if settings.storage.backend == "s3":
+        from pipeline.s3 import S3Storage
+
+        return S3Storage.from_settings(settings)
     return LocalStorage(settings.store_root, settings.storage.public_base_url)

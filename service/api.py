@@ -35,7 +35,8 @@ import pipeline
 from pipeline.engines import GenerationOptions
 from pipeline.finish import StoryOptions
 from pipeline.errors import AliveError, ConfigError, InputRejected, TransientError
-from pipeline.jobs import Keys, open_job_store
+from pipeline.jobs import Keys
+from service.stores import open_job_store
 from pipeline.settings import Settings, load_settings
 
 WEB = Path(__file__).resolve().parent / "web"

@@ -51,7 +51,7 @@ def event_id(job_id: str, event: str) -> str:
 
 
 def payload(job_id: str) -> dict:
-    from pipeline.jobs import open_job_store
+    from service.stores import open_job_store
 
     record = open_job_store(current_settings()).load(job_id)
     return {"event": f"animation.{record.status}", "id": job_id, "status": record.status, "error": record.error,

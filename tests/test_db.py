@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 
 from pipeline.errors import ConfigError
-from pipeline.jobs import JobRecord, Keys, open_job_store
+from pipeline.jobs import JobRecord, Keys
+from service.stores import open_job_store
 from pipeline.settings import load_settings
 from pipeline.storage import LocalStorage
 from service import db

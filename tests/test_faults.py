@@ -57,7 +57,8 @@ from typing import Callable
 import pytest
 
 from pipeline.engines import GenerationOptions
-from pipeline.jobs import JobRecord, JobStore, Keys, open_job_store
+from pipeline.jobs import JobRecord, JobStore, Keys
+from service.stores import open_job_store
 from pipeline.settings import load_settings
 from pipeline.storage import open_storage
 from tests.worker_fixtures import WorkerEnv

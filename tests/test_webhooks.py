@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from pipeline.errors import InputRejected
-from pipeline.jobs import JobRecord, open_job_store
+from pipeline.jobs import JobRecord
+from service.stores import open_job_store
 from pipeline.settings import load_settings
 from tests.deadlines import scaled
 

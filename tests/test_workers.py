@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.engines import GenerationOptions
 from pipeline.errors import InputRejected, TransientError
-from pipeline.jobs import Keys, open_job_store
+from pipeline.jobs import Keys
+from service.stores import open_job_store
 from pipeline.provenance import verify
 from pipeline.storage import open_storage
 from tests.worker_fixtures import WorkerEnv

@@ -14,7 +14,8 @@ from typing import Callable, Iterable, Iterator
 
 from pipeline.engines import GenerationOptions
 from pipeline.errors import InputRejected, TransientError
-from pipeline.jobs import JobRecord, Keys, new_job_id, open_job_store
+from pipeline.jobs import JobRecord, Keys, new_job_id
+from service.stores import open_job_store
 from pipeline.finish import StoryOptions, check_output_name, story_settings
 from pipeline.settings import Settings
 from workers.app import app, broker_url, configure, ensure_broker

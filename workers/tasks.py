@@ -30,7 +30,8 @@ from pipeline import stages
 from pipeline.engines import GenerationOptions
 from pipeline.errors import AliveError, GenerationFailed, InputRejected, ModerationBlocked, TransientError
 from pipeline.finish import StoryOptions, story_settings
-from pipeline.jobs import Keys, cleanup, open_job_store, status_for
+from pipeline.jobs import Keys, cleanup, status_for
+from service.stores import open_job_store
 from pipeline.settings import Settings
 from pipeline.storage import LocalStorage, Storage, write_json_atomic
 from workers.app import app, current_settings
