@@ -7,6 +7,7 @@ meaning (``InputRejected`` is a ``ValueError``) so callers may catch either.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -56,6 +57,28 @@ class TransientError(AliveError):
     """A failure that may succeed when retried (resource busy, out of memory, broker away)."""
 
     default_code = "transient"
+
+
+#: errno values that mean "no space left": a full disk (ENOSPC) or a user/project quota (EDQUOT).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class StorageFull(TransientError):
+    """The store has no room (a full disk, a quota, an object store that refuses for space).
+
+    Retried with backoff (``worker.disk_full_retries``): space usually comes back when cleanup runs
+    or an operator frees it. Whatever was half written is removed before this is raised."""
+
+    default_code = "disk_full"
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, what: str) -> "StorageFull":
+        return cls(f"no space left to write {what} ({exc.strerror or exc}); free space in the store "
+                   "or raise its quota, the job is retried", details={"errno": exc.errno})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 class ModelUnavailable(AliveError):
