@@ -81,6 +81,12 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
+class WorkerLost(AliveError):
+    """A stage's attempts kept dying with their worker (killed, out of memory, host lost)."""
+
+    default_code = "worker_lost"
+
+
 class ModelUnavailable(AliveError):
     """Model weights are not on this machine and may not be downloaded at run time."""
 

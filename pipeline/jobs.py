@@ -104,6 +104,10 @@ class JobRecord:
     source_retained: bool = True
     label: str | None = None  # the caller's name for the item (batch: the input's file name)
     callback_url: str | None = None  # webhook called when the job ends (HTTP API)
+    # The stage that should run now and who runs it (workers/attempts.py): stage, state
+    # (pending | running), token, message_id, queue, since, heartbeat_at. None = intake, pending.
+    attempt: dict[str, Any] | None = None
+    lost_attempts: dict[str, int] = field(default_factory=dict)  # per stage: attempts that died running
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,6 +145,17 @@ class JobStore:
     def list_ids(self) -> list[str]:
         raise NotImplementedError
 
+    def active_ids(self) -> list[str]:
+        """Ids of jobs not yet finished (queued or running): what the reconciler watches."""
+        active = []
+        for job_id in self.list_ids():
+            try:
+                if not self.load(job_id).finished:
+                    active.append(job_id)
+            except (ValueError, OSError):  # a half-created or damaged record: cleanup's business
+                continue
+        return active
+
     def delete_record(self, job_id: str) -> None:
         raise NotImplementedError
 
@@ -176,6 +191,15 @@ class JobStore:
                     current.update(value)  # merge sections (moderation, timings, outputs ...)
                 else:
                     setattr(record, name, value)
+            self.save(record)
+            return record
+
+    def mutate(self, job_id: str, change) -> JobRecord:
+        """Run ``change(record)`` on the current record under the job's lock and save it; whatever
+        ``change`` raises aborts the update (the record stays as it was)."""
+        with self._locked(job_id):
+            record = self.load(job_id)
+            change(record)
             self.save(record)
             return record
 

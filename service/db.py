@@ -736,6 +736,10 @@ class SqlJobStore(JobStore):
         with self._session(readonly=True) as s:
             return list(s.scalars(select(Job.id).order_by(Job.id)))
 
+    def active_ids(self) -> list[str]:
+        with self._session(readonly=True) as s:
+            return list(s.scalars(select(Job.id).where(Job.status.in_(ACTIVE_STATES)).order_by(Job.created_at)))
+
     def delete_record(self, job_id: str) -> None:
         """Delete the row; its share links, reports and webhook deliveries go with it (CASCADE)."""
         with self._session() as s:

@@ -13,12 +13,14 @@ error callback: it records the reason and deletes the photo and intermediates.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from celery import Task, chain
@@ -28,12 +30,14 @@ from PIL import Image
 
 from pipeline import stages
 from pipeline.engines import GenerationOptions
-from pipeline.errors import AliveError, GenerationFailed, InputRejected, ModerationBlocked, TransientError
+from pipeline.errors import (AliveError, ConfigError, GenerationFailed, InputRejected, ModerationBlocked, StorageFull,
+                             TransientError, is_disk_full)
 from pipeline.finish import StoryOptions, story_settings
-from pipeline.jobs import Keys, cleanup, status_for
-from service.stores import open_job_store
+from pipeline.jobs import JobRecord, Keys, cleanup, status_for
 from pipeline.settings import Settings
-from pipeline.storage import LocalStorage, Storage, write_json_atomic
+from pipeline.storage import Storage
+from service.stores import open_job_store
+from workers import attempts
 from workers.app import app, current_settings
 
 log = logging.getLogger(__name__)
@@ -51,52 +55,139 @@ class Context:
 
     @contextmanager
     def scratch(self, job_id: str) -> Iterator[Path]:
-        """A private temp folder inside the job's own folder: finished files move by rename, and
-        whatever a killed task leaves there goes with the job's transient files."""
-        base = self.storage.local_path(Keys(job_id).scratch) if isinstance(self.storage, LocalStorage) else None
-        if base is not None:
-            base.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="task-", dir=base) as folder:
+        """A private temp folder of this task on this host (``storage.scratch_dir``), removed when the
+        block ends: a worker keeps nothing of a job on its disk; finished files go to the store."""
+        root = self.settings.scratch_root
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"{job_id}-", dir=root) as folder:
             yield Path(folder)
 
 
+class Attempt:
+    """This task's claim on a stage: its token, the heartbeat thread, and the fence."""
+
+    def __init__(self, ctx: Context, job_id: str, token: str):
+        self.ctx, self.job_id, self.token = ctx, job_id, token
+        self.superseded = threading.Event()
+        self._stop = threading.Event()
+
+    def fence(self) -> None:
+        """Raise ``Superseded`` unless the record still holds this attempt's token (read under the
+        job's lock): called before every write that publishes a stage's output."""
+        if self.superseded.is_set():
+            raise attempts.Superseded(f"job {self.job_id}: attempt superseded")
+        with self.ctx.jobs._locked(self.job_id):
+            attempts.check(self.ctx.jobs.load(self.job_id), self.token)
+
+    @contextmanager
+    def heartbeat(self) -> Iterator["Attempt"]:
+        thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.job_id}", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        interval = self.ctx.settings.worker.heartbeat_interval_s
+        while not self._stop.wait(interval):
+            try:
+                self.ctx.jobs.mutate(self.job_id, lambda r: attempts.beat(r, self.token))
+            except attempts.Superseded:
+                log.warning("job %s: another attempt owns this stage now; this one stops", self.job_id)
+                self.superseded.set()
+                return
+            except Exception:  # noqa: BLE001 - a database blip must not kill the task; the next beat retries
+                log.warning("job %s: heartbeat not written", self.job_id, exc_info=True)
+
+
 class StageTask(Task):
-    """Base of the stage tasks: retries transient errors, reports progress, times the stage."""
+    """Base of the stage tasks: claims the stage on the job record, beats, retries transient errors,
+    reports progress, times the stage, hands the job on to the next stage."""
 
     acks_late = True
     reject_on_worker_lost = True
 
-    def run_stage(self, job_id: str, stage: str, work) -> str:
+    def run_stage(self, job_id: str, stage: str, work: Callable[..., Callable[[JobRecord], None] | None]) -> str:
         ctx = Context()
-        if ctx.jobs.load(job_id).finished:  # a late duplicate of a job that already ended: touch nothing
-            log.info("job %s already finished: %s delivered again, ignored", job_id, stage)
-            raise Ignore()
-        ctx.jobs.update(job_id, status="running", stage=stage, progress={"done": 0, "total": 0})
+        token = self._claim(ctx, job_id, stage)
         self.update_state(state="PROGRESS", meta={"job_id": job_id, "stage": stage, "done": 0, "total": 0})
         started = time.perf_counter()
+        attempt = Attempt(ctx, job_id, token)
         try:
-            work(ctx, self._reporter(ctx, job_id, stage))
+            with attempt.heartbeat():
+                try:
+                    done = work(ctx, self._reporter(ctx, attempt, stage), attempt)
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    raise StorageFull.from_os_error(exc, f"the {stage} output of job {job_id}") from exc
+        except attempts.Superseded as exc:
+            log.warning("%s; stage %s stops without writing", exc, stage)
+            raise Ignore() from exc
         except TransientError as exc:
-            retries = self.request.retries
-            limit = ctx.settings.worker.max_retries
-            if retries >= limit:
-                raise
-            delay = ctx.settings.worker.retry_backoff_s * (2 ** retries)
-            log.warning("job %s: %s failed transiently (%s); retry %d/%d in %ss", job_id, stage, exc.code,
-                        retries + 1, limit, delay)
-            raise self.retry(exc=exc, countdown=delay, max_retries=limit)
+            self._retry_or_raise(ctx, job_id, stage, token, exc)
         except SoftTimeLimitExceeded as exc:
             raise GenerationFailed(f"stage {stage} ran past its time limit and was stopped",
                                    code="time_limit") from exc
-        record = ctx.jobs.load(job_id)
-        ctx.jobs.update(job_id, timings_s={stage: round(time.perf_counter() - started, 4)},
-                        progress={"done": record.progress.get("total", 0), "total": record.progress.get("total", 0)})
+
+        def hand_on(record: JobRecord) -> None:
+            attempts.hand_on(record, token, ctx.settings)
+            total = record.progress.get("total", 0)
+            record.progress = {"done": total, "total": total}
+            record.timings_s[stage] = round(time.perf_counter() - started, 4)
+            if done is not None:
+                done(record)
+
+        try:
+            record = ctx.jobs.mutate(job_id, hand_on)
+        except attempts.Superseded as exc:
+            log.warning("%s; stage %s finished but another attempt owns it: not handed on", exc, stage)
+            raise Ignore() from exc
         return job_id
 
-    def _reporter(self, ctx: Context, job_id: str, stage: str):
+    def _claim(self, ctx: Context, job_id: str, stage: str) -> str:
+        taken: list[str] = []
+        try:
+            def take(record: JobRecord) -> None:
+                taken.append(attempts.claim(record, stage, self.request.id, ctx.settings))
+                record.progress = {"done": 0, "total": 0}
+
+            ctx.jobs.mutate(job_id, take)
+        except attempts.Duplicate as exc:
+            log.info("%s: %s delivered again, ignored", exc, stage)
+            raise Ignore() from exc
+        except ConfigError as exc:
+            if exc.code != "no_such_job":
+                raise
+            log.info("job %s no longer exists: %s ignored", job_id, stage)
+            raise Ignore() from exc
+        return taken[0]
+
+    def _retry_or_raise(self, ctx: Context, job_id: str, stage: str, token: str, exc: TransientError):
+        retries = self.request.retries
+        w = ctx.settings.worker
+        limit = w.disk_full_retries if exc.code == "disk_full" else w.max_retries
+        if retries >= limit:
+            raise exc
+        delay = min(w.retry_backoff_s * (2 ** retries), 300)
+        log.warning("job %s: %s failed transiently (%s); retry %d/%d in %ss", job_id, stage, exc.code,
+                    retries + 1, limit, delay)
+        reason = {"code": exc.code, "message": exc.message.splitlines()[0], "retry": retries + 1, "of": limit}
+        try:
+            ctx.jobs.mutate(job_id, lambda r: attempts.retry_later(r, token, ctx.settings, delay, reason))
+        except attempts.Superseded as gone:
+            raise Ignore() from gone
+        raise self.retry(exc=exc, countdown=delay, max_retries=limit)
+
+    def _reporter(self, ctx: Context, attempt: Attempt, stage: str):
         last = [0.0]
+        job_id = attempt.job_id
 
         def report(done: int, total: int) -> None:
+            if attempt.superseded.is_set():  # fenced: stop the work here, write nothing more
+                raise attempts.Superseded(f"job {job_id}: attempt superseded during {stage}")
             now = time.monotonic()
             if done < total and now - last[0] < PROGRESS_EVERY_S:
                 return
@@ -118,13 +209,14 @@ def _source_gone(job_id: str) -> InputRejected:
 
 @app.task(name="alive.intake", bind=True, base=StageTask)
 def intake(self, job_id: str) -> str:
-    def work(ctx: Context, progress) -> None:
+    def work(ctx: Context, progress, attempt: Attempt) -> None:
         keys = Keys(job_id)
         if ctx.storage.exists(keys.clean):
             return
         if not ctx.storage.exists(keys.source):
             raise _source_gone(job_id)
         taken, changes = stages.intake(ctx.storage.get_bytes(keys.source), ctx.settings)
+        attempt.fence()
         ctx.storage.put_bytes(keys.clean, stages.png_bytes(taken.image))
         ctx.jobs.update(job_id, input=taken.facts, changes=changes)
 
@@ -135,7 +227,7 @@ def intake(self, job_id: str) -> str:
 def moderate_image(self, job_id: str) -> str:
     """Prompt and photo checks. Cheap and deterministic, so a redelivery simply checks again."""
 
-    def work(ctx: Context, progress) -> None:
+    def work(ctx: Context, progress, attempt: Attempt) -> None:
         record = ctx.jobs.load(job_id)
         verdicts: dict[str, Any] = {}
         try:
@@ -150,7 +242,7 @@ def moderate_image(self, job_id: str) -> str:
 def generate(self, job_id: str) -> str:
     """Runs on the GPU queue. The engine is loaded on the first task of this worker child and kept."""
 
-    def work(ctx: Context, progress) -> None:
+    def work(ctx: Context, progress, attempt: Attempt) -> None:
         keys = Keys(job_id)
         if ctx.storage.exists(keys.frames):
             return
@@ -169,6 +261,7 @@ def generate(self, job_id: str) -> str:
         with ctx.scratch(job_id) as tmp:
             path = tmp / "frames.npy"
             np.save(path, made.clip.frames)
+            attempt.fence()
             ctx.jobs.update(job_id, options=made.options.model_dump(), framing=made.framing, engine=made.engine,
                             software_agent=made.software_agent, seed=made.clip.seed, notes=list(made.clip.notes),
                             changes=record.changes + [c for c in made.changes if c not in record.changes])
@@ -177,18 +270,20 @@ def generate(self, job_id: str) -> str:
     return self.run_stage(job_id, "generate", work)
 
 
-def _frames(ctx: Context, job_id: str) -> np.ndarray:
-    return np.load(ctx.storage.local_path(Keys(job_id).frames), mmap_mode="r")
+def _frames(ctx: Context, job_id: str, scratch: Path) -> np.ndarray:
+    """The generated frames, memory-mapped from the store's file (or its copy in ``scratch``)."""
+    return np.load(ctx.storage.readable_path(Keys(job_id).frames, scratch), mmap_mode="r")
 
 
 @app.task(name="alive.moderate_video", bind=True, base=StageTask)
 def moderate_video(self, job_id: str) -> str:
-    def work(ctx: Context, progress) -> None:
+    def work(ctx: Context, progress, attempt: Attempt) -> None:
         verdicts: dict[str, Any] = {}
-        try:
-            stages.moderate_video(np.asarray(_frames(ctx, job_id)), ctx.settings, verdicts)
-        finally:
-            ctx.jobs.update(job_id, moderation=verdicts)
+        with ctx.scratch(job_id) as tmp:
+            try:
+                stages.moderate_video(np.asarray(_frames(ctx, job_id, tmp)), ctx.settings, verdicts)
+            finally:
+                ctx.jobs.update(job_id, moderation=verdicts)
 
     return self.run_stage(job_id, "moderate_video", work)
 
@@ -203,20 +298,21 @@ def encode(self, job_id: str) -> str:
     """Finish (fps, loop, story size, visible label) and encode in one task: the story-size frames are
     ~6x the generated ones and never need to leave this worker."""
 
-    def work(ctx: Context, progress) -> None:
+    def work(ctx: Context, progress, attempt: Attempt) -> None:
         keys = Keys(job_id)
         if all(ctx.storage.exists(k) for k in (keys.unsigned, keys.poster, keys.preview)):
             return
         record = ctx.jobs.load(job_id)
         settings = _job_settings(ctx, record)
-        started = time.perf_counter()
-        finished = stages.finish(np.asarray(_frames(ctx, job_id)), float(record.options["fps"]), settings,
-                                 source_type=stages.digital_source_type(settings, record.engine))  # visible label
-        finish_s = round(time.perf_counter() - started, 4)
-        audio = ctx.storage.local_path(keys.audio) if ctx.storage.exists(keys.audio) else None
         with ctx.scratch(job_id) as tmp:
+            started = time.perf_counter()
+            finished = stages.finish(np.asarray(_frames(ctx, job_id, tmp)), float(record.options["fps"]), settings,
+                                     source_type=stages.digital_source_type(settings, record.engine))  # visible label
+            finish_s = round(time.perf_counter() - started, 4)
+            audio = ctx.storage.readable_path(keys.audio, tmp) if ctx.storage.exists(keys.audio) else None
             encoded = stages.encode(finished, tmp / "unsigned.mp4", tmp / "poster.jpg", tmp / "preview.webp",
                                     settings, audio_file=audio, progress=progress)
+            attempt.fence()
             ctx.jobs.update(job_id, outputs=stages.outputs_summary(encoded.video), audio=encoded.audio,
                             finish={**finished.record, "c2pa_actions": finished.actions + encoded.actions},
                             timings_s={"finish": finish_s})
@@ -229,17 +325,18 @@ def encode(self, job_id: str) -> str:
 
 @app.task(name="alive.label", bind=True, base=StageTask)
 def label(self, job_id: str) -> str:
-    def work(ctx: Context, progress) -> None:
+    def work(ctx: Context, progress, attempt: Attempt) -> None:
         keys = Keys(job_id)
         if ctx.storage.exists(keys.video):
             return
         record = ctx.jobs.load(job_id)
         with ctx.scratch(job_id) as tmp:
             settings = _job_settings(ctx, record)
-            summary = stages.label(ctx.storage.local_path(keys.unsigned), tmp / "story.mp4",
+            summary = stages.label(ctx.storage.readable_path(keys.unsigned, tmp), tmp / "story.mp4",
                                    ctx.storage.get_bytes(keys.clean), record.software_agent,
                                    settings, (record.finish or {}).get("c2pa_actions", ()),
                                    source_type=stages.digital_source_type(settings, record.engine))
+            attempt.fence()
             ctx.jobs.update(job_id, c2pa=summary)
             ctx.storage.put_file(keys.video, tmp / "story.mp4")
 
@@ -249,23 +346,34 @@ def label(self, job_id: str) -> str:
 @app.task(name="alive.finalize", bind=True, base=StageTask)
 def finalize(self, job_id: str) -> str:
     """Publish the report, delete the photo and intermediates, mark the job succeeded."""
-    ctx = Context()
-    keys = Keys(job_id)
-    record = ctx.jobs.load(job_id)
-    if record.finished and ctx.storage.exists(keys.report):
-        raise Ignore()
-    ctx.jobs.delete_transient(job_id)
-    record.status, record.stage, record.source_retained = "succeeded", None, False
-    record.outputs.update(video=ctx.storage.url(keys.video), poster=ctx.storage.url(keys.poster),
-                          preview=ctx.storage.url(keys.preview),
-                          report=ctx.storage.url(keys.report), bytes=ctx.storage.local_path(keys.video).stat().st_size)
-    record.timings_s["total"] = round(sum(v for k, v in record.timings_s.items() if k != "total"), 4)
-    # the report first: a record that says "succeeded" always has its report beside it
-    write_json_atomic(ctx.storage.local_path(keys.report), record.to_dict())
-    ctx.jobs.save(record)
-    _notify(record)
+
+    def work(ctx: Context, progress, attempt: Attempt):
+        keys = Keys(job_id)
+        record = ctx.jobs.load(job_id)
+        ctx.jobs.delete_transient(job_id)
+        outputs = dict(video=ctx.storage.url(keys.video), poster=ctx.storage.url(keys.poster),
+                       preview=ctx.storage.url(keys.preview), report=ctx.storage.url(keys.report),
+                       bytes=ctx.storage.size(keys.video))
+
+        def succeeded(r: JobRecord) -> None:
+            r.status, r.stage, r.source_retained, r.attempt = "succeeded", None, False, None
+            r.outputs.update(outputs)
+            r.timings_s["total"] = round(sum(v for k, v in r.timings_s.items() if k != "total"), 4)
+
+        succeeded(record)
+        attempt.fence()
+        # the report first: a record that says "succeeded" always has its report beside it
+        ctx.storage.put_bytes(keys.report, _report_bytes(record), "application/json")
+        return succeeded
+
+    self.run_stage(job_id, "finalize", work)
+    _notify(Context().jobs.load(job_id))
     log.info("job %s succeeded", job_id)
     return job_id
+
+
+def _report_bytes(record: JobRecord) -> bytes:
+    return (json.dumps(record.to_dict(), indent=2, default=str) + "\n").encode()
 
 
 def _notify(record) -> None:
@@ -281,8 +389,13 @@ def _notify(record) -> None:
 @app.task(name="alive.fail")
 def fail(request, exc, traceback, job_id: str) -> None:
     """Chain error callback: record why the job ended, and keep nothing of the user's photo."""
-    ctx = Context()
+    record_failure(Context(), job_id, exc, getattr(request, "task", None))
+
+
+def record_failure(ctx: Context, job_id: str, exc: BaseException, task: str | None) -> None:
+    """End a job with the reason ``exc`` gives (also the reconciler's way to end a lost job)."""
     status, error = classify_failure(exc)
+    error["task"] = task
     try:
         record = ctx.jobs.load(job_id)
     except AliveError:  # the job was deleted while it ran: remove whatever its tasks wrote since
@@ -290,13 +403,20 @@ def fail(request, exc, traceback, job_id: str) -> None:
         return
     if record.finished:
         return
-    error["task"] = getattr(request, "task", None)
-    record.status, record.error, record.source_retained = status, error, False
-    if isinstance(exc, ModerationBlocked) and exc.verdict is not None:
-        record.moderation[exc.verdict.subject] = exc.verdict.to_dict()
     ctx.jobs.delete_transient(job_id)
-    write_json_atomic(ctx.storage.local_path(Keys(job_id).report), record.to_dict())  # the report first
-    ctx.jobs.save(record)
+
+    def failed(r: JobRecord) -> None:
+        if r.finished:
+            raise attempts.Duplicate(f"job {job_id} already ended")
+        r.status, r.error, r.source_retained, r.attempt = status, error, False, None
+        if isinstance(exc, ModerationBlocked) and exc.verdict is not None:
+            r.moderation[exc.verdict.subject] = exc.verdict.to_dict()
+        ctx.storage.put_bytes(Keys(job_id).report, _report_bytes(r), "application/json")  # the report first
+
+    try:
+        record = ctx.jobs.mutate(job_id, failed)
+    except attempts.Duplicate:
+        return
     _notify(record)
     log.warning("job %s %s: %s", job_id, status, error["message"])
 
@@ -315,10 +435,19 @@ def classify_failure(exc: BaseException) -> tuple[str, dict[str, Any]]:
     return status, {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
 
 
-def job_chain(job_id: str):
-    """The whole job as one Celery chain, with the error callback on every link."""
-    flow = chain(intake.s(job_id), moderate_image.s(), generate.s(), moderate_video.s(), encode.s(), label.s(),
-                 finalize.s())
+STAGE_TASKS = {"intake": intake, "moderate_image": moderate_image, "generate": generate,
+               "moderate_video": moderate_video, "encode": encode, "label": label, "finalize": finalize}
+assert tuple(STAGE_TASKS) == attempts.STAGES
+
+
+def job_chain(job_id: str, from_stage: str = "intake", task_id: str | None = None):
+    """The job as one Celery chain from ``from_stage`` on, with the error callback on every link.
+    ``task_id``: the first message's id (the reconciler records it before it sends)."""
+    names = attempts.STAGES[attempts.STAGES.index(from_stage):]
+    first = STAGE_TASKS[names[0]].s(job_id)
+    if task_id is not None:
+        first = first.set(task_id=task_id)
+    flow = chain(first, *(STAGE_TASKS[name].s() for name in names[1:]))
     return flow.on_error(fail.s(job_id))
 
 
@@ -327,3 +456,11 @@ def cleanup_expired() -> list[str]:
     """Periodic: delete finished jobs older than storage.retention_hours (run with `alive worker --beat`)."""
     ctx = Context()
     return cleanup(ctx.jobs, ctx.settings.storage.retention_hours)
+
+
+@app.task(name="alive.reconcile")
+def reconcile() -> dict[str, int]:
+    """Periodic: re-dispatch stalled or lost stages, fail dead-lettered jobs (workers/reconcile.py)."""
+    from workers.reconcile import Reconciler
+
+    return dict(Reconciler(current_settings()).run_once())
