@@ -1,7 +1,8 @@
 """The ``alive`` command line: argument parsing and progress display only; the work is in pipeline/.
 
 Exit codes: 0 ok, 1 ``verify`` found no valid credential, 2 usage or configuration error,
-3 input rejected, 4 blocked by moderation, 5 internal, model, encode or label failure.
+3 input rejected, 4 blocked by moderation, 5 internal, model, encode or label failure, or a
+transient one (``TransientError``: ``disk_full``, ``broker_unavailable``), which may succeed later.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pipeline.errors import AliveError, ConfigError
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 verify found no valid credential; 2 usage or configuration error; "
-    "3 input rejected; 4 blocked by moderation; 5 internal, model, encode or label failure."
+    "3 input rejected; 4 blocked by moderation; 5 internal, model, encode or label failure, or a "
+    "transient one that may succeed when tried again (disk_full: no space left in the store; "
+    "broker_unavailable)."
 )
 
 app = typer.Typer(
@@ -346,13 +349,17 @@ def worker(
     concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Worker child processes."),
     pool: str = typer.Option("prefork", "--pool", help="prefork (time limits enforced; default) or solo."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Worker node name [alive-QUEUES@host]."),
-    beat: bool = typer.Option(False, "--beat", help="Also run the hourly cleanup of expired jobs."),
+    beat: bool = typer.Option(False, "--beat", help="Also run the periodic tasks: the reconciler (every "
+                              "worker.reconcile_interval_s: stalled and lost stages) and the hourly cleanup of "
+                              "expired jobs. Run exactly one worker with --beat."),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l", help="Worker log level."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML settings file."),
 ) -> None:
     """Run a Celery worker (starts or joins the embedded broker when no broker URL is set).
 
     A GPU host runs `alive worker -Q gpu -c 1`; CPU hosts run `alive worker -Q cpu -c N`.
+    SIGTERM lets the running task finish for up to worker.shutdown_grace_s, then (or at a second
+    SIGTERM) stops it and puts it back in the queue.
     """
 
     def work() -> int:
@@ -371,6 +378,10 @@ def worker(
                 f"--hostname={name or 'alive-' + '-'.join(wanted) + '@%h'}"]
         if beat:
             argv.append("--beat")
+        from workers.app import declare_queues, install_shutdown_grace
+
+        declare_queues(celery_app)
+        install_shutdown_grace(settings)
         if settings.worker.gpu_queue in wanted:
             from workers.app import warm_up_gpu_engine_in_children
 
@@ -403,7 +414,10 @@ def submit(
     timeout: float = typer.Option(3600.0, "--timeout", help="With --wait: give up after this many seconds."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
 ) -> None:
-    """Queue one photo on the broker and print its job id (see `alive status JOB_ID`)."""
+    """Queue one photo on the broker and print its job id (see `alive status JOB_ID`).
+
+    All or nothing: when the job cannot be stored or queued, nothing of it is kept. No space left
+    in the store is error disk_full, exit 5 (free space, then submit again)."""
 
     def work() -> int:
         from workers.client import connect, local_workers_if_needed, submit as send, wait
@@ -421,7 +435,7 @@ def submit(
             return 0
         with local_workers_if_needed(settings, config, notify=err.print):
             record = wait([job_id], settings, timeout=timeout)[job_id]
-        _print_status(record)
+        _print_status(record, settings)
         return _exit_for(record)
 
     _guard(work)
@@ -431,9 +445,18 @@ def _exit_for(record) -> int:
     return {"succeeded": 0, "rejected": 3, "blocked": 4}.get(record.status, 5 if record.finished else 1)
 
 
-def _print_status(record) -> None:
+def _print_status(record, settings) -> None:
+    from workers.attempts import liveness
+
+    live = liveness(record, settings)
     out.print(f"job       {record.job_id}")
-    out.print(f"status    {record.status}" + (f" (stage {record.stage})" if record.stage else ""))
+    out.print(f"status    {live['status']}" + (f" (stage {record.stage})" if record.stage else ""))
+    if live["status"] == "stalled":
+        out.print(f"heartbeat {live['heartbeat_at']} ({live['heartbeat_age_s']:.0f} s ago; the reconciler "
+                  "dispatches the stage again)")
+    if live["waiting_for"]:
+        why = live["waiting_for"]
+        out.print(f"waiting   ({why['code']}) {why['message']} (retry {why['retry']} of {why['of']})")
     if record.status == "running" and record.progress.get("total"):
         out.print(f"progress  {record.progress['done']}/{record.progress['total']}")
     if record.error:
@@ -456,11 +479,14 @@ def status(
     def work() -> int:
         from workers.client import status as job_status
 
-        record = job_status(job_id, _settings(config))
+        settings = _settings(config)
+        record = job_status(job_id, settings)
         if json_out:
-            out.print_json(json.dumps(record.to_dict(), default=str))
+            from workers.attempts import liveness
+
+            out.print_json(json.dumps({**record.to_dict(), "liveness": liveness(record, settings)}, default=str))
         else:
-            _print_status(record)
+            _print_status(record, settings)
         return 0
 
     _guard(work)
@@ -607,6 +633,9 @@ def serve(
         signal.signal(signal.SIGTERM, _stop)
         with local_workers_if_needed(settings, config, spawn=spawn_workers, notify=err.print,
                                      env={"ALIVE_JOBS__STORE": "database"}):
+            from workers.reconcile import start_thread
+
+            start_thread(settings)  # stalled and lost stages are dispatched again (workers/reconcile.py)
             out.print(f"alive API on http://{listen_host}:{listen_port}/  (OpenAPI: /docs)")
             if demo:
                 out.print(f"demo API key (shown once; send it as a header, and type it into the page):")
@@ -733,6 +762,43 @@ def keys_rotate_secret(
         from service import db
 
         out.print(_change_live_key(config, key_id, db.rotate_webhook_secret))
+        return 0
+
+    _guard(work)
+
+
+credentials_app = typer.Typer(help="C2PA signing credentials for the labels (label.cert_chain, "
+                              "label.private_key, label.trust_anchors).", no_args_is_help=True)
+app.add_typer(credentials_app, name="credentials")
+
+
+@credentials_app.command("init", epilog=EXIT_CODES_HELP)
+def credentials_init(
+    directory: Path = typer.Argument(..., help="Folder for chain.pem, key.pem and anchors.pem (made if missing)."),
+    force: bool = typer.Option(False, "--force", help="Replace existing files with a new chain."),
+) -> None:
+    """Write a development signing chain for several hosts to share: DIR/chain.pem (leaf, then
+    intermediate), DIR/key.pem (the leaf's key, mode 0600) and DIR/anchors.pem (the root), and print
+    the settings that use them.
+
+    Every host given the same three files signs labels that the others verify as Trusted. It is a
+    development credential (its certificates say so) that nobody outside trusts: use a real
+    certificate for publishing. Refuses (exit 2) when any of the files exists, unless --force."""
+
+    def work() -> int:
+        import shlex
+
+        from pipeline.provenance import init_credentials
+
+        files = init_credentials(directory, force=force)
+        out.print(f"chain    {files.cert_chain}", markup=False)
+        out.print(f"key      {files.private_key}  (mode 0600)", markup=False)
+        out.print(f"anchors  {files.trust_anchors}", markup=False)
+        out.print("a development chain: what it signs verifies Trusted only where anchors.pem is a trust anchor. "
+                  "Give these files to every host that signs (hosts that only verify need anchors.pem), "
+                  "at the same paths or a shared folder, and set there:")
+        for name, value in files.env().items():
+            out.print(f"{name}={shlex.quote(value)}", markup=False)
         return 0
 
     _guard(work)

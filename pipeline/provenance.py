@@ -12,6 +12,8 @@ before it replaces the destination, so a label that does not validate is never p
 Credentials come from the settings (a production chain; a remote/KMS signer can replace
 ``_sign_to`` later) or, when none are configured, from a development chain generated once on this
 machine. The development chain validates ("Trusted") only against its own root: nobody else trusts it.
+``init_credentials`` (`alive credentials init DIR`) writes one such development chain as the three
+files the settings name, for several hosts to share; ``make_dev_chain`` makes the chain for both.
 
 c2pa objects (Signer, Context, Builder, Reader) are created inside each call and closed there: they
 are native handles that do not survive ``fork()`` (Celery prefork workers), so nothing is cached at
@@ -20,6 +22,7 @@ module level.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import io
@@ -32,7 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import c2pa
 from cryptography import x509
@@ -41,9 +44,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pipeline.errors import LabelFailed
-from pipeline.settings import LabelSettings
-from pipeline.storage import create_temp_beside
+from pipeline.errors import AliveError, ConfigError, LabelFailed, StorageFull, is_disk_full
+from pipeline.settings import LabelSettings, Settings
+from pipeline.storage import create_temp_beside, staged_path
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +292,7 @@ def _generate_dev_chain(directory: Path) -> None:
     # mkdtemp: mode 0700, on the same filesystem as the target so the rename is atomic.
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
-        root_pem, chain_pem, key_pem = _make_dev_chain()
+        root_pem, chain_pem, key_pem = make_dev_chain()
         (tmp / "root.pem").write_bytes(root_pem)
         (tmp / "chain.pem").write_bytes(chain_pem)
         fd = os.open(tmp / "leaf.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -314,8 +317,20 @@ def _generate_dev_chain(directory: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _make_dev_chain() -> tuple[bytes, bytes, bytes]:
-    """Return (root PEM, leaf+intermediate PEM, leaf key PEM) for a fresh ES256 chain."""
+class DevChain(NamedTuple):
+    """A development chain as PEM: what `ensure_dev_credentials` and `init_credentials` write."""
+
+    root_pem: bytes
+    chain_pem: bytes  # leaf then intermediate: what the signer sends
+    key_pem: bytes  # the leaf's private key, PKCS#8
+
+
+def make_dev_chain() -> DevChain:
+    """A fresh ES256 development chain: root CA (pathlen 1) -> intermediate CA (pathlen 0) -> leaf.
+
+    Every certificate, the leaf's subject included, names the organisation ``DEV_ORGANIZATION``
+    ("alive development (not publicly trusted)"), so a verifier sees it is a development credential.
+    """
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)  # tolerate small clock skew
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
     root_key, inter_key, leaf_key = keys
@@ -364,7 +379,70 @@ def _make_dev_chain() -> tuple[bytes, bytes, bytes]:
                 days=_DEV_LEAF_DAYS)
     pem = serialization.Encoding.PEM
     key_pem = leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return root.public_bytes(pem), leaf.public_bytes(pem) + inter.public_bytes(pem), key_pem
+    return DevChain(root.public_bytes(pem), leaf.public_bytes(pem) + inter.public_bytes(pem), key_pem)
+
+
+@dataclass(frozen=True)
+class CredentialFiles:
+    """Where `init_credentials` put a chain: the files ``label.cert_chain``, ``label.private_key``
+    and ``label.trust_anchors`` name."""
+
+    cert_chain: Path  # chain.pem: leaf then intermediate
+    private_key: Path  # key.pem: the leaf's key, mode 0600
+    trust_anchors: Path  # anchors.pem: the root, to verify with
+
+    @classmethod
+    def in_directory(cls, directory: Path) -> "CredentialFiles":
+        directory = Path(directory)
+        return cls(directory / "chain.pem", directory / "key.pem", directory / "anchors.pem")
+
+    def paths(self) -> tuple[Path, Path, Path]:
+        return self.cert_chain, self.private_key, self.trust_anchors
+
+    def env(self) -> dict[str, str]:
+        """The environment that points a host's settings at these files (ALIVE_LABEL__CERT_CHAIN ...)."""
+        config = Settings.model_config
+        prefix = f"{config['env_prefix']}label{config['env_nested_delimiter']}".upper()
+        return {prefix + field.upper(): str(getattr(self, field))
+                for field in ("cert_chain", "private_key", "trust_anchors")}
+
+
+def init_credentials(directory: Path, *, force: bool = False) -> CredentialFiles:
+    """Write a new development chain into ``directory`` as chain.pem, key.pem (0600) and anchors.pem.
+
+    Refuses with ``ConfigError`` (code ``credentials_exist``) when any of the three is there already,
+    unless ``force``. Each file is written to a temporary file beside it; the three are renamed into
+    place only after all three are written, so a failed write leaves the previous files (or none).
+    No space left raises ``StorageFull``; another ``OSError``, ``ConfigError`` (credentials_unwritable).
+    """
+    files = CredentialFiles.in_directory(Path(directory).expanduser().resolve())
+    present = [p for p in files.paths() if p.exists() or p.is_symlink()]
+    if present and not force:
+        raise ConfigError(
+            f"{', '.join(str(p) for p in present)} already exist{'s' if len(present) == 1 else ''}: nothing "
+            "was written. Point the settings at the existing files, or pass --force to replace them with a "
+            "new chain (labels signed with the old one then verify only against the old anchors.pem)",
+            code="credentials_exist", details={"paths": [str(p) for p in present]},
+        )
+    chain = make_dev_chain()
+    contents = {files.cert_chain: chain.chain_pem, files.private_key: chain.key_pem,
+                files.trust_anchors: chain.root_pem}
+    try:
+        files.cert_chain.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:  # all three are renamed into place on leaving, or none
+            for path, data in contents.items():
+                tmp = stack.enter_context(staged_path(path, ".tmp"))
+                if path == files.private_key:
+                    os.chmod(tmp, 0o600)  # before the key is in it
+                tmp.write_bytes(data)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the credentials into {files.cert_chain.parent}: {exc.strerror or exc}; check "
+            "that it is a folder you may write",
+            code="credentials_unwritable", details={"path": str(files.cert_chain.parent)},
+        ) from exc
+    log.info("wrote a development C2PA certificate chain to %s", files.cert_chain.parent)
+    return files
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,7 +540,8 @@ def sign_video(src: Path, dst: Path, info: LabelInfo, credentials: Credentials, 
     Signing writes a temporary file next to ``dst``; it replaces ``dst`` only after a fresh Reader
     found it "Valid" or "Trusted" with no failure code (``signingCredential.untrusted`` is allowed
     only when no trust anchors are known). On any failure ``dst`` is untouched and no temporary
-    file is left. Returns a summary for the job report.
+    file is left; no space left to write it raises ``StorageFull`` (disk_full), other failures
+    ``LabelFailed``. Returns a summary for the job report.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_file():
@@ -508,7 +587,11 @@ def sign_video(src: Path, dst: Path, info: LabelInfo, credentials: Credentials, 
     }
 
 
-def _unwritable(dst: Path, exc: OSError) -> LabelFailed:
+def _unwritable(dst: Path, exc: OSError) -> AliveError:
+    """Why the signed file could not be written: ``StorageFull`` (disk_full, retried) when there was
+    no space left, else ``LabelFailed`` (unwritable)."""
+    if is_disk_full(exc):
+        return StorageFull.from_os_error(exc, f"the signed video {dst.name}")
     return LabelFailed(
         f"cannot write the signed video to {dst}: {exc.strerror or exc}; check the directory exists and has space",
         code="unwritable",

@@ -247,7 +247,7 @@ class WorkerSettings(_Section):
                                                                "reconciler dispatches it again with a new token")
     max_stage_attempts: int = Field(3, ge=1, le=20, description="lost or crashed attempts of one stage before the "
                                                                 "job fails with worker_lost")
-    reconcile_interval_s: float = Field(10.0, gt=0, description="how often the reconciler looks for stalled and "
+    reconcile_interval_s: float = Field(5.0, gt=0, description="how often the reconciler looks for stalled and "
                                                                 "lost jobs (alive worker --beat, alive serve)")
     rabbitmq_queue_type: Literal["classic", "quorum"] = Field(
         "quorum", description="RabbitMQ: quorum queues (replicated, delivery limit + dead letters) or classic")

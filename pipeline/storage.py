@@ -1,4 +1,9 @@
-"""Files on disk: atomic writes, so a reader never sees half a file where a good one is expected."""
+"""Files on disk: atomic writes, so a reader never sees half a file where a good one is expected.
+
+A write that finds no space (ENOSPC, EDQUOT) raises ``StorageFull`` (code ``disk_full``, a
+``TransientError``: retried) naming what it wrote, after removing its temporary file; the final
+file keeps its old content, or stays absent. Other ``OSError``s pass unchanged.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
+
+from pipeline.errors import StorageFull, is_disk_full
 
 
 def create_temp_beside(final: Path, suffix: str = ".part") -> Path:
@@ -38,22 +45,37 @@ def publish(temp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_path(final: Path, suffix: str = ".part") -> Iterator[Path]:
+def disk_full_as_storage_full(what: str) -> Iterator[None]:
+    """Turn an ``OSError`` that means "no space left" (ENOSPC, EDQUOT) inside the block into
+    ``StorageFull`` naming ``what``; every other exception passes unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise StorageFull.from_os_error(exc, what) from exc
+        raise
+
+
+@contextlib.contextmanager
+def staged_path(final: Path, suffix: str = ".part", *, what: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; it is moved onto ``final`` only if the block succeeds.
 
-    On any exception the temporary file is removed and ``final`` is left as it was.
+    On any exception the temporary file is removed and ``final`` is left as it was. No space left
+    (while creating the temp file, in the block, or while publishing) raises ``StorageFull`` naming
+    ``what`` (default: ``final``'s file name, never its folder).
     """
     final = Path(final)
-    tmp_path = create_temp_beside(final, suffix)
-    try:
-        yield tmp_path
-        publish(tmp_path, final)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    with disk_full_as_storage_full(what or final.name):
+        tmp_path = create_temp_beside(final, suffix)
+        try:
+            yield tmp_path
+            publish(tmp_path, final)
+        finally:
+            tmp_path.unlink(missing_ok=True)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    with staged_path(Path(path)) as tmp:
+def write_bytes_atomic(path: Path, data: bytes, *, what: str | None = None) -> Path:
+    with staged_path(Path(path), what=what) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
@@ -143,20 +165,33 @@ class LocalStorage(Storage):
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(target, data)
+        with self._writing(key, target):
+            write_bytes_atomic(target, data, what=key)
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            publish(path, target)  # same file system: an atomic rename
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
+        with self._writing(key, target):
+            try:
+                publish(path, target)  # same file system: an atomic rename
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                with staged_path(target, what=key) as tmp:  # another file system: copy, then rename
+                    shutil.copyfile(path, tmp)
+                Path(path).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _writing(self, key: str, target: Path) -> Iterator[None]:
+        """Make ``target``'s folder for one write; if the write fails, remove the folders this call
+        made that are still empty (no job folder is left behind by a failed first write), and
+        report no space left as ``StorageFull`` naming ``key``."""
+        with disk_full_as_storage_full(key):
+            created = _make_folders(target.parent)
+            try:
+                yield
+            except BaseException:
+                _remove_empty(created)
                 raise
-            with staged_path(target) as tmp:  # another file system: copy, then rename
-                shutil.copyfile(path, tmp)
-            Path(path).unlink(missing_ok=True)
 
     def get_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()
@@ -214,6 +249,38 @@ class LocalStorage(Storage):
         self.root.mkdir(parents=True, exist_ok=True)
         probe = create_temp_beside(self.root / "probe")
         probe.unlink()
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the ones this call made, deepest first
+    (a folder another process makes meanwhile is not counted)."""
+    missing = []
+    while not folder.is_dir() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    created: list[Path] = []
+    try:
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                if not path.is_dir():
+                    raise
+                continue
+            created.append(path)
+    except BaseException:
+        _remove_empty(created[::-1])
+        raise
+    return created[::-1]
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """rmdir each folder (deepest first) while it is empty; stop at the first that is not."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 def open_storage(settings) -> Storage:

@@ -210,10 +210,11 @@ def job_files(env: WorkerEnv, job_id: str) -> list[str]:
 
 def scratch_leftovers(env: WorkerEnv) -> list[str]:
     """Files left in any job's scratch folder (tasks write there before moving results in), or in
-    the store's old shared scratch folder."""
+    the store's old shared scratch folder, or the tasks' scratch folders (``storage.scratch_dir``)."""
     root = env.settings.store_root
     found = [p for pattern in ("jobs/*/.scratch/**/*", ".tmp/**/*") for p in root.glob(pattern) if p.is_file()]
-    return sorted(str(p.relative_to(root)) for p in found)
+    found += [p for p in env.settings.scratch_root.rglob("*") if p.is_file()]  # the tasks' own scratch
+    return sorted(str(p) for p in found)
 
 
 def assert_delivered_once(env: WorkerEnv, job_id: str, record: JobRecord) -> None:

@@ -50,13 +50,15 @@ class WorkerEnv:
         self.workers: list[subprocess.Popen] = []
 
     def start_worker(self, queues: str = "cpu,gpu", concurrency: int = 1, name: str | None = None,
-                     pool: str = "prefork") -> subprocess.Popen:
+                     pool: str = "prefork", beat: bool = False, env: dict | None = None) -> subprocess.Popen:
+        """``beat``: also run the periodic tasks (the reconciler); ``env``: this worker's own overrides
+        (e.g. its own ALIVE_DATA_DIR: workers that share no folder)."""
         name = name or f"w{len(self.workers)}-{queues.replace(',', '-')}"
         log = open(self.data_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker", "-Q", queues, "-c", str(concurrency), "--pool", pool,
-             "--name", f"{name}@%h", "--loglevel", "INFO"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
+             "--name", f"{name}@%h", "--loglevel", "INFO", *(["--beat"] if beat else [])],
+            env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
         )
         log.close()
         self.workers.append(proc)

@@ -9,6 +9,9 @@ above the longest hard time limit (so a running task is never handed to a second
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 
 from celery import Celery
 
@@ -99,7 +102,59 @@ def celery_config(settings: Settings) -> dict:
         }
         config["broker_transport_options"] = transport
         config["result_backend_transport_options"] = {"visibility_timeout": w.visibility_timeout_s}
+    elif _is_amqp(url):
+        config.update(rabbitmq_queues(settings))
+    else:
+        config["alive_dead_letter_queue"] = None
     return config
+
+
+def _is_amqp(url: str) -> bool:
+    return url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
+def rabbitmq_queues(settings: Settings) -> dict:
+    """RabbitMQ: the work queues as quorum (or classic) queues, and the dead-letter queue.
+
+    Quorum queues are replicated (a broker node may die) and count deliveries: a message delivered
+    ``worker.rabbitmq_delivery_limit`` times without an ack (a task that crashes its worker before
+    the job record can count it) is moved to ``worker.dead_letter_queue``, where the reconciler
+    fails its job with a reason. Their exchanges are topic exchanges because Celery's native delayed
+    delivery (how countdown retries work on quorum queues, Celery >= 5.5) does not route through
+    direct ones."""
+    from kombu import Exchange, Queue
+
+    w = settings.worker
+    quorum = w.rabbitmq_queue_type == "quorum"
+    dead = Exchange(w.dead_letter_queue, type="direct", durable=True)
+    arguments = {"x-queue-type": w.rabbitmq_queue_type}
+    if quorum:
+        arguments.update({"x-delivery-limit": w.rabbitmq_delivery_limit, "x-dead-letter-exchange": dead.name,
+                          "x-dead-letter-routing-key": w.dead_letter_queue})
+    queues = [Queue(name, Exchange(name, type="topic", durable=True), routing_key=name, queue_arguments=arguments)
+              for name in (w.cpu_queue, w.gpu_queue, w.webhook_queue)]
+    dead_queue = Queue(w.dead_letter_queue, dead, routing_key=w.dead_letter_queue,
+                       queue_arguments={"x-queue-type": w.rabbitmq_queue_type})
+    config = {"task_queues": queues, "task_default_exchange_type": "topic", "task_create_missing_queues": False,
+              "alive_dead_letter_queue": dead_queue}
+    if quorum:
+        config["broker_native_delayed_delivery_queue_type"] = "quorum"
+    return config
+
+
+def declare_queues(app: Celery) -> None:
+    """RabbitMQ: declare every work queue (with its exchange) and the dead-letter queue, idempotently.
+
+    Workers call it at start: Celery's native delayed delivery binds *all* of the app's queues to
+    its delay exchanges, and gives up (countdown retries then never arrive) when one of them, e.g.
+    the webhook queue on a gpu-only host, was not declared yet."""
+    dead = app.conf.get("alive_dead_letter_queue")
+    if dead is None:
+        return
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in [*app.conf.task_queues, dead]:
+            queue.bind(channel).declare()
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
@@ -107,11 +162,21 @@ def configure(app: Celery, settings: Settings) -> Celery:
     config = celery_config(settings)
     moved = app.conf.get("broker_url") != config["broker_url"] or \
         app.conf.get("result_backend") != config["result_backend"]
+    rerouted = _routing(app.conf) != _routing(config)
     app.conf.update(config)
     app.conf.alive_settings = settings
     if moved:
         _drop_connections(app)
+    if rerouted and "amqp" in app.__dict__:  # Celery caches queues and routes on first use
+        app.__dict__["amqp"]._producer_pool = None
+        del app.__dict__["amqp"]
     return app
+
+
+def _routing(conf) -> tuple:
+    queues = conf.get("task_queues") or ()
+    return (conf.get("task_default_queue"), repr(conf.get("task_routes")), conf.get("task_default_exchange_type"),
+            tuple((q.name, q.exchange.name, q.exchange.type, repr(q.queue_arguments)) for q in queues))
 
 
 def _drop_connections(app: Celery) -> None:
@@ -159,3 +224,33 @@ def warm_up_gpu_engine_in_children(settings: Settings) -> None:
             log.info("svd engine loaded and warmed up in %.1f s", seconds or 0.0)
         except Exception:  # noqa: BLE001 - a failed warm-up must not kill the worker; the job reports it
             log.exception("svd warm-up failed; the first job will load the model itself")
+
+
+def install_shutdown_grace(settings: Settings) -> None:
+    """SIGTERM: a warm shutdown (the running task finishes, nothing new is taken) for at most
+    ``worker.shutdown_grace_s``; then, or at a second SIGTERM, a cold one (SIGQUIT): the task is
+    stopped and, unacknowledged, goes back to the queue (RabbitMQ at once; Redis when the worker
+    closes its connection; the reconciler in any case). An orchestrator must wait a little longer
+    than this grace before it kills the worker (deploy/: terminationGracePeriodSeconds)."""
+    from celery.signals import worker_shutting_down
+
+    grace = settings.worker.shutdown_grace_s
+    begun = threading.Event()
+
+    def cold() -> None:
+        os.kill(os.getpid(), signal.SIGQUIT)
+
+    @worker_shutting_down.connect(weak=False)
+    def _grace(sig=None, how=None, **_: object) -> None:
+        if how != "Warm":
+            return
+        if begun.is_set():
+            log.warning("%s again: stopping now; the running task goes back to the queue", sig)
+            cold()
+            return
+        begun.set()
+        log.warning("%s: finishing the running task for up to %d s, then stopping (a second %s stops now)",
+                    sig, grace, sig)
+        timer = threading.Timer(grace, cold)
+        timer.daemon = True
+        timer.start()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from pipeline.engines import GenerationOptions
-from pipeline.errors import InputRejected, TransientError
+from pipeline.errors import InputRejected, StorageFull, TransientError, is_disk_full
 from pipeline.jobs import JobRecord, Keys, new_job_id
 from service.stores import open_job_store
 from pipeline.finish import StoryOptions, check_output_name, story_settings
@@ -105,9 +105,11 @@ def submit(source: bytes | str | Path, settings: Settings, options: GenerationOp
     the sanitised pixels are stored for the workers, so the upload as sent (with its EXIF, GPS and
     comments) never touches the disk, and a file that is not a usable photo is refused before a job
     exists. ``reserve(record)`` creates the record (default: ``JobStore.create``); the HTTP API
-    passes one that checks the key's quota and inserts the row in one transaction. If anything
-    after it fails, the job is removed again; if the broker cannot take the job, ``TransientError``
-    says so: a job is either queued or not there at all.
+    passes one that checks the key's quota and inserts the row in one transaction. Submission is
+    all or nothing: if creating the record, storing the photo or the sound, or queueing fails,
+    everything it wrote for the job (files and record) is removed again. No space left in the store
+    raises ``StorageFull`` (code ``disk_full``); a broker that cannot take the job,
+    ``TransientError`` (code ``broker_unavailable``): a job is either queued or not there at all.
     """
     from pipeline import stages
     from workers.tasks import job_chain
@@ -116,6 +118,7 @@ def submit(source: bytes | str | Path, settings: Settings, options: GenerationOp
     check_request(settings, story, engine, sound, engines)  # a bad preset, option, encoder or sound fails here
     taken, changes = stages.intake(read_source(source, settings), settings)
     clean = stages.png_bytes(taken.image)
+    fresh_id = job_id is None  # an id the caller chose may name a job that is not this call's to remove
     job_id = job_id or new_job_id()
     jobs = open_job_store(settings)
     storage = jobs.storage
@@ -124,24 +127,52 @@ def submit(source: bytes | str | Path, settings: Settings, options: GenerationOp
                        engine_name=engine, label=label, callback_url=callback_url,
                        story=story.model_dump(exclude_none=True) if story else {},
                        input=taken.facts, changes=changes, source_retained=False)
-    (reserve or jobs.create)(record)
+    reserved = False
     try:
+        (reserve or jobs.create)(record)
+        reserved = True
         storage.put_bytes(keys.clean, clean)
         if sound is not None:
             storage.put_bytes(keys.audio, sound)
-    except BaseException:
-        jobs.delete_job(job_id)
+    except BaseException as exc:
+        if reserved or fresh_id:  # a failed first write may have left part of the record or a folder
+            _discard(jobs, job_id)
+        if _no_space(exc):
+            raise StorageFull(
+                "no space left in the job store to take this job: nothing was queued and nothing of it "
+                "was kept. Free space in the store (or raise its quota), then submit again",
+                details=getattr(exc, "details", None) or {"errno": getattr(exc, "errno", None)},
+            ) from exc
         raise
     try:
         job_chain(job_id).apply_async(retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2,
                                                                  "interval_step": 0.5, "interval_max": 2})
     except Exception as exc:  # noqa: BLE001 - kombu raises many connection error types
-        jobs.delete_job(job_id)
+        _discard(jobs, job_id)
         raise TransientError(f"the broker at {_redact(broker_url(settings))} did not accept the job: {exc}. "
                              "Nothing was queued; check that the broker is running and try again.",
                              code="broker_unavailable") from exc
     log.info("job %s queued", job_id)
     return job_id
+
+
+def _no_space(exc: BaseException) -> bool:
+    """Whether a failure means the store or the database has no room: ``StorageFull``, an ENOSPC or
+    EDQUOT ``OSError``, or SQLite's SQLITE_FULL ("database or disk is full") under SQLAlchemy."""
+    import sqlite3
+
+    if isinstance(exc, StorageFull) or is_disk_full(exc):
+        return True
+    return getattr(getattr(exc, "orig", None), "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def _discard(jobs, job_id: str) -> None:
+    """Remove what a failed submission wrote for ``job_id``; a failure to do so is logged, never
+    raised over the error that made the submission fail."""
+    try:
+        jobs.delete_job(job_id)
+    except Exception:  # noqa: BLE001 - the submission's own error is the one to report
+        log.warning("job %s: could not remove what its failed submission wrote", job_id, exc_info=True)
 
 
 def _redact(url: str) -> str:

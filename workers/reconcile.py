@@ -166,11 +166,12 @@ class Reconciler:
         counts: Counter = Counter()
         from workers.app import app, broker_url
 
-        if not broker_url(self.settings).startswith(("amqp://", "amqps://", "pyamqp://")):
+        dead = app.conf.get("alive_dead_letter_queue")
+        if dead is None or not broker_url(self.settings).startswith(("amqp://", "amqps://", "pyamqp://")):
             return counts
         try:
             with app.connection_for_write() as conn:
-                queue = conn.SimpleQueue(self.settings.worker.dead_letter_queue, no_ack=False)
+                queue = conn.SimpleQueue(dead, no_ack=False)  # declared as configured (quorum)
                 try:
                     while True:
                         try:

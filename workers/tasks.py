@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import shutil
 import tempfile
 import threading
 import time
@@ -56,11 +58,42 @@ class Context:
     @contextmanager
     def scratch(self, job_id: str) -> Iterator[Path]:
         """A private temp folder of this task on this host (``storage.scratch_dir``), removed when the
-        block ends: a worker keeps nothing of a job on its disk; finished files go to the store."""
+        block ends: a worker keeps nothing of a job on its disk; finished files go to the store.
+
+        The folder's name carries the task process's pid: a folder whose process is gone belongs to a
+        killed task and is removed by the next task on this host that makes one."""
         root = self.settings.scratch_root
         root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f"{job_id}-", dir=root) as folder:
+        sweep_scratch(root)
+        with tempfile.TemporaryDirectory(prefix=f"{job_id}-{os.getpid()}-", dir=root) as folder:
             yield Path(folder)
+
+
+def sweep_scratch(root: Path) -> list[str]:
+    """Remove the scratch folders of tasks whose process has died; returns their names."""
+    removed = []
+    for folder in root.iterdir():
+        parts = folder.name.split("-")
+        if len(parts) < 3 or not parts[-2].isdigit() or _process_alive(int(parts[-2])):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    if removed:
+        log.info("removed the scratch folders of %d killed task(s): %s", len(removed), ", ".join(removed))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is dead for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class Attempt:
