@@ -217,3 +217,60 @@ def test_a_message_past_the_quorum_delivery_limit_fails_its_job_dead_lettered(
     record = jobs_of(env).load(job_id)
     assert record.status == "failed" and record.error["code"] == "dead_lettered", record.error
     assert "alive.intake" in record.error["message"]
+
+
+def test_a_full_store_makes_jobs_wait_as_disk_full_then_succeed_when_space_is_freed(
+        make_cluster, sample_photo, tmp_path):
+    """The store on a real 2 MiB tmpfs, filled up after the photo was taken: generate cannot store
+    its frames, the job waits (``disk_full``, retried with backoff, shown by `alive status`), and
+    succeeds once the filler is deleted; nothing partial, no empty folder, no scratch left."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app as cli
+    from tests.test_disk_full import _fill
+
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o size=2m tmpfs {mount} 2>/dev/null") != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        env = make_cluster(ALIVE_STORAGE__ROOT=str(mount), ALIVE_JOBS__STORE="database")
+        jobs = jobs_of(env)
+        job_id = submit(sample_photo, env.settings, SMALL, engine="tiny")
+        filler = _fill(mount)  # now nothing more fits in the store
+        env.start_worker("gpu", name="gpu")
+        env.start_worker("cpu", name="cpu")
+
+        def waiting_for_space():
+            attempt = jobs.load(job_id).attempt or {}
+            return (attempt.get("waiting_for") or {}).get("code") == "disk_full"
+
+        wait_until(waiting_for_space, 120, "the job to wait for space (disk_full)")
+        shown = CliRunner().invoke(cli, ["status", job_id], env={**env.env})
+        assert "disk_full" in shown.output and "waiting" in shown.output, shown.output
+        assert not jobs.load(job_id).finished
+        filler.unlink()
+        record = finish_db(env, job_id)
+        assert record.status == "succeeded", (record.error, logs_tail(env))
+        left = sorted(str(p.relative_to(mount)) for p in mount.rglob("*"))
+        assert left == [f"jobs", f"jobs/{job_id}", *(f"jobs/{job_id}/{n}" for n in
+                                                     ("poster.jpg", "preview.webp", "report.json", "story.mp4"))], left
+        assert [p for p in env.settings.scratch_root.rglob("*")] == []
+        retries = task_events(env, "gpu", "alive.generate", "retry")
+        print(f"disk_full: generate retried {len(retries)} times, then succeeded once space was freed")
+    finally:
+        os.system(f"umount {mount} 2>/dev/null || umount -l {mount}")
+
+
+def finish_db(env, job_id: str):
+    from workers.client import wait
+
+    record = wait([job_id], env.settings, timeout=scaled_timeout(180), poll=0.3)[job_id]
+    assert record.finished, (record.status, record.stage, logs_tail(env))
+    return record
+
+
+def scaled_timeout(seconds: float) -> float:
+    from tests.deadlines import scaled
+
+    return scaled(seconds)

@@ -152,10 +152,11 @@ class StageTask(Task):
             with attempt.heartbeat():
                 try:
                     done = work(ctx, self._reporter(ctx, attempt, stage), attempt)
-                except OSError as exc:
-                    if not is_disk_full(exc):
+                except (OSError, AliveError) as exc:
+                    if isinstance(exc, TransientError) or not _disk_full_at_root(exc):
                         raise
-                    raise StorageFull.from_os_error(exc, f"the {stage} output of job {job_id}") from exc
+                    raise StorageFull(f"no space left on this worker's disk for the {stage} stage of job "
+                                      f"{job_id}; free space, the job is retried") from exc
         except attempts.Superseded as exc:
             log.warning("%s; stage %s stops without writing", exc, stage)
             raise Ignore() from exc
@@ -229,6 +230,17 @@ class StageTask(Task):
             ctx.jobs.update(job_id, progress={"done": done, "total": total})
 
         return report
+
+
+def _disk_full_at_root(exc: BaseException) -> bool:
+    """A full disk behind an error: ENOSPC/EDQUOT itself, in its causes, or in ffmpeg's last words
+    (an encoder that ran out of room in the scratch folder)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if is_disk_full(exc) or "No space left on device" in str(getattr(exc, "details", {}).get("stderr_tail", "")):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _load_image(storage: Storage, key: str) -> Image.Image:
