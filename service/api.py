@@ -26,7 +26,8 @@ import anyio
 from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse,
+                               Response, StreamingResponse)
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -36,6 +37,7 @@ from pipeline.engines import GenerationOptions
 from pipeline.finish import StoryOptions
 from pipeline.errors import AliveError, ConfigError, InputRejected, TransientError
 from pipeline.jobs import Keys
+from pipeline.storage import LocalStorage
 from service.stores import open_job_store
 from pipeline.settings import Settings, load_settings
 
@@ -454,29 +456,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         row = owned_job(job_id, key)
         return view(job_id, request, row.visibility)
 
-    def _file(job_id: str, which: str, media: str, visibility: str):
+    def _file(job_id: str, which: str, media: str, visibility: str, request: Request):
+        """A job's file: served from disk for a local store (Range included), else a 302 to a
+        presigned URL of the object store (``api.download: redirect``) or streamed through here
+        (``proxy``)."""
         if visibility == "removed":
             raise ApiError(410, "removed", "this video was removed after review")
-        path = jobs.storage.local_path(getattr(Keys(job_id), which))
-        if not path.is_file():
+        key = getattr(Keys(job_id), which)
+        filename = f"{job_id}.{key.rsplit('.', 1)[-1]}"
+        storage = jobs.storage
+        if isinstance(storage, LocalStorage):
+            path = storage.local_path(key)
+            if not path.is_file():
+                raise ApiError(409, "not_ready", f"the {which} of {job_id} is not ready (see its status)")
+            return FileResponse(path, media_type=media, filename=filename)
+        size = storage.size(key)
+        if size is None:
             raise ApiError(409, "not_ready", f"the {which} of {job_id} is not ready (see its status)")
-        return FileResponse(path, media_type=media, filename=f"{job_id}.{path.suffix.lstrip('.')}")
+        if api.download == "redirect":
+            target = storage.presigned_url(key, settings.storage.presign_ttl_s, filename=filename, content_type=media)
+            if target:  # private: the URL is a bearer credential for ttl seconds, no cache may keep it
+                return RedirectResponse(target, status_code=302, headers={"Cache-Control": "private, no-store"})
+        return _stream(storage, key, size, media, filename, request.headers.get("range"))
 
     @app.get("/v1/animations/{job_id}/video", tags=["animations"], responses=ERRORS,
              response_class=FileResponse)
-    def get_video(job_id: str, key=Depends(api_key)):
-        return _file(job_id, "video", "video/mp4", owned_job(job_id, key).visibility)
+    def get_video(job_id: str, request: Request, key=Depends(api_key)):
+        return _file(job_id, "video", "video/mp4", owned_job(job_id, key).visibility, request)
 
     @app.get("/v1/animations/{job_id}/poster", tags=["animations"], responses=ERRORS,
              response_class=FileResponse)
-    def get_poster(job_id: str, key=Depends(api_key)):
-        return _file(job_id, "poster", "image/jpeg", owned_job(job_id, key).visibility)
+    def get_poster(job_id: str, request: Request, key=Depends(api_key)):
+        return _file(job_id, "poster", "image/jpeg", owned_job(job_id, key).visibility, request)
 
     @app.get("/v1/animations/{job_id}/preview", tags=["animations"], responses=ERRORS,
              response_class=FileResponse)
-    def get_preview(job_id: str, key=Depends(api_key)):
+    def get_preview(job_id: str, request: Request, key=Depends(api_key)):
         """A small looping animated WebP of the story, for feeds and thumbnails."""
-        return _file(job_id, "preview", "image/webp", owned_job(job_id, key).visibility)
+        return _file(job_id, "preview", "image/webp", owned_job(job_id, key).visibility, request)
 
     @app.post("/v1/animations/{job_id}/share", status_code=201, tags=["animations"], responses=ERRORS)
     def share(job_id: str, request: Request, body: ShareRequest | None = None, key=Depends(api_key)):
@@ -510,12 +527,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return link
 
     @app.get("/s/{token}", tags=["public"], responses=ERRORS, response_class=FileResponse)
-    def shared_video(token: str):
+    def shared_video(token: str, request: Request):
         link = _live_link(token)
         row = db.get_job(url, link.job_id)
         if row.visibility == "hidden":
             raise ApiError(403, "hidden_pending_review", "this video was reported and is hidden pending review")
-        return _file(link.job_id, "video", "video/mp4", row.visibility)
+        return _file(link.job_id, "video", "video/mp4", row.visibility, request)
 
     @app.post("/s/{token}/reports", status_code=201, tags=["public"], responses=ERRORS)
     def viewer_report(token: str, body: ReportRequest, request: Request, response: Response) -> dict[str, Any]:
@@ -595,6 +612,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The one byte range (first, last inclusive) a ``Range`` header asks of ``size`` bytes, or None for
+    the whole object (no header, several ranges, or a header that does not parse: RFC 9110 lets a
+    server ignore those). Raises ``ApiError`` 416 when the range lies wholly past the end."""
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header or "")
+    if not match or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":  # bytes=-n: the last n bytes
+        if int(last) == 0 or size == 0:
+            raise _unsatisfiable(size)
+        return max(0, size - int(last)), size - 1
+    start = int(first)
+    if last != "" and int(last) < start:
+        return None  # an invalid range-spec: ignored
+    if start >= size:
+        raise _unsatisfiable(size)
+    return start, size - 1 if last == "" else min(int(last), size - 1)
+
+
+def _unsatisfiable(size: int) -> ApiError:
+    return ApiError(416, "range_not_satisfiable", f"the requested range is past the end ({size} bytes)",
+                    {"Content-Range": f"bytes */{size}"})
+
+
+def _stream(storage, key: str, size: int, media: str, filename: str, range_header: str | None) -> Response:
+    """An object streamed from the store, whole (200) or one range (206), as a file would be served."""
+    from pipeline.s3 import content_disposition
+
+    wanted = parse_range(range_header, size)
+    start, end = wanted if wanted else (0, size - 1)
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(max(0, end - start + 1)),
+               "Content-Disposition": content_disposition(filename), "Cache-Control": "private"}
+    if wanted:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    chunks = storage.open_range(key, start, end) if size else iter(())
+    return StreamingResponse(chunks, status_code=206 if wanted else 200, media_type=media, headers=headers)
+
+
 def _quota_error(limit: int) -> ApiError:
     return ApiError(429, "too_many_jobs", f"this API key already has {limit} jobs queued or running; "
                     "wait for one to finish", {"Retry-After": "10"})
@@ -632,7 +688,7 @@ def _mount_docs(app: FastAPI) -> None:
 
 
 def harden_data_dir(settings: Settings, *, process_umask: bool = False) -> None:
-    """Keep the data dir private to this user: its folder and the store are 0700. With
+    """Keep the data dir private to this user: its folder and a local store are 0700. With
     ``process_umask`` (the ``alive serve`` and ``alive worker`` processes) the umask becomes 077, so
     every file they and the workers and broker they start make (database, WAL, logs, store files,
     the broker's append-only file) is 0600 and every folder 0700."""
@@ -640,6 +696,9 @@ def harden_data_dir(settings: Settings, *, process_umask: bool = False) -> None:
 
     if process_umask:
         os.umask(0o077)
-    for folder in (settings.data_dir, settings.store_root):
+    folders = [settings.data_dir]
+    if settings.storage.backend == "local":  # an object store has no local folder to close
+        folders.append(settings.store_root)
+    for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o700)

@@ -17,7 +17,6 @@ import csv
 import hashlib
 import json
 import logging
-import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -114,6 +113,15 @@ def earlier_run_files(out_dir: Path) -> Protected:
             if kind in names:
                 found.add(out_dir / names[kind], f"the {kind} of an earlier run (listed in {report.name})")
     return found
+
+
+def _copy_out(storage, key: str, target: Path) -> None:
+    """Copy one stored object to ``target`` from any store (a local folder or an object store),
+    streamed into a temp file beside it that replaces ``target`` only once it is complete."""
+    with staged_path(target) as tmp:
+        with tmp.open("wb") as fh:
+            for chunk in storage.open_range(key):
+                fh.write(chunk)
 
 
 class Batch:
@@ -287,16 +295,14 @@ class Batch:
         targets = {"poster": Path(row.poster), "preview": Path(row.preview), "report": Path(row.report),
                    "video": Path(row.output)}
         for key, target in ((keys.poster, targets["poster"]), (keys.preview, targets["preview"])):
-            with staged_path(target) as tmp:
-                shutil.copyfile(storage.local_path(key), tmp)
+            _copy_out(storage, key, target)
         doc = json.loads(storage.get_bytes(keys.report))
         outputs = doc.setdefault("outputs", {})
         outputs["stored"] = {kind: outputs[kind] for kind in targets if kind in outputs}
         outputs.update({kind: str(path) for kind, path in targets.items()})
         doc["notes"] = [*row.notes, *doc.get("notes", [])]
         write_json_atomic(targets["report"], doc)
-        with staged_path(targets["video"]) as tmp:  # the video last: its presence means "complete"
-            shutil.copyfile(storage.local_path(keys.video), tmp)
+        _copy_out(storage, keys.video, targets["video"])  # the video last: its presence means "complete"
 
     def write_summary(self, path: Path) -> Path:
         lines = "".join(json.dumps(asdict(r)) + "\n" for r in self.rows)
