@@ -376,8 +376,12 @@ def worker(
         argv = ["worker", f"--queues={','.join(wanted)}", f"--concurrency={concurrency}", f"--pool={pool}",
                 f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
                 f"--hostname={name or 'alive-' + '-'.join(wanted) + '@%h'}"]
+        reconciler = None
         if beat:
+            from workers.reconcile import spawn_process
+
             argv.append("--beat")
+            reconciler = spawn_process(config)
         from workers.app import declare_queues, install_shutdown_grace
 
         declare_queues(celery_app)
@@ -386,7 +390,12 @@ def worker(
             from workers.app import warm_up_gpu_engine_in_children
 
             warm_up_gpu_engine_in_children(settings)
-        celery_app.worker_main(argv)
+        try:
+            celery_app.worker_main(argv)
+        finally:
+            if reconciler is not None:
+                reconciler.terminate()
+                reconciler.wait(10)
         return 0
 
     _guard(work)

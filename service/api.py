@@ -39,6 +39,7 @@ from pipeline.errors import AliveError, ConfigError, InputRejected, TransientErr
 from pipeline.jobs import Keys
 from pipeline.storage import LocalStorage
 from service.stores import open_job_store
+from workers.attempts import liveness
 from pipeline.settings import Settings, load_settings
 
 WEB = Path(__file__).resolve().parent / "web"
@@ -332,11 +333,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def view(job_id: str, request: Request, visibility: str | None = None) -> dict[str, Any]:
         record = jobs.load(job_id)
         base = base_url(request)
+        live = liveness(record, settings)
         doc: dict[str, Any] = {
             "id": job_id,
-            "status": record.status,
+            "status": live["status"],  # "stalled": a running stage whose heartbeat stopped
             "stage": record.stage,
             "progress": record.progress,
+            "heartbeat_at": live["heartbeat_at"],
+            "waiting_for": public_error(live["waiting_for"]) if live["waiting_for"] else None,
             "created_at": record.created_at,
             "updated_at": record.updated_at,
             "error": public_error(record.error),

@@ -75,12 +75,8 @@ def celery_config(settings: Settings) -> dict:
         "worker_hijack_root_logger": False,
         "task_soft_time_limit": w.cpu_soft_time_limit_s,
         "task_time_limit": w.cpu_time_limit_s,
-        "beat_schedule": {
-            "alive-cleanup": {"task": "alive.cleanup", "schedule": 3600.0},
-            # a pass that waits in a backlog is useless once the next is due
-            "alive-reconcile": {"task": "alive.reconcile", "schedule": w.reconcile_interval_s,
-                                "options": {"expires": w.reconcile_interval_s}},
-        },
+        # the reconciler is not here: `alive worker --beat` runs it as a process of its own (workers/reconcile.py)
+        "beat_schedule": {"alive-cleanup": {"task": "alive.cleanup", "schedule": 3600.0}},
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
         "task_annotations": {
             "alive.generate": {"soft_time_limit": w.generate_soft_time_limit_s, "time_limit": w.generate_time_limit_s},

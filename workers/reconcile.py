@@ -1,8 +1,11 @@
 """The reconciler: finds stages that nobody runs any more and dispatches them again.
 
-It runs as the periodic task ``alive.reconcile`` (``alive worker --beat``) and as a thread inside
-``alive serve``. Several may run at once: every decision is re-checked under the job's lock, so a
-stage is re-dispatched once.
+It runs beside ``alive worker --beat`` (a process of its own, started and stopped with the worker:
+``python -m workers.reconcile``) and as a thread inside ``alive serve``; ``alive.reconcile`` is the
+same pass as a task, for deployments that schedule it themselves. It is deliberately not a beat
+task on the work queues: its own messages would keep the cpu queue from ever reading empty (the
+evidence below), and a busy cpu worker would starve it. Several may run at once: every decision is
+re-checked under the job's lock, so a stage is re-dispatched once.
 
 Two kinds of lost work, told apart by the job record alone plus the broker's queue depth:
 
@@ -249,3 +252,51 @@ def start_thread(settings) -> tuple[threading.Thread, threading.Event]:
                               daemon=True)
     thread.start()
     return thread, stop
+
+
+def spawn_process(config_path=None):
+    """``alive worker --beat``: the reconciler as a child process (no threads in a forking worker)."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "workers.reconcile"]
+    if config_path is not None:
+        argv += ["--config", str(config_path)]
+    return subprocess.Popen(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import os
+    import signal
+    from pathlib import Path
+
+    from pipeline.settings import load_settings
+    from workers.client import connect
+
+    parser = argparse.ArgumentParser(description="Run the reconciler until SIGTERM/SIGINT.")
+    parser.add_argument("--config", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.config)
+    connect(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the worker that started us died without stopping us (kill -9)
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                log.warning("reconciler: its worker (pid %d) is gone; stopping", parent)
+                stop.set()
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    log.info("reconciler started: a pass every %.0f s, heartbeat timeout %.0f s",
+             settings.worker.reconcile_interval_s, settings.worker.heartbeat_timeout_s)
+    Reconciler(settings).run_forever(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
