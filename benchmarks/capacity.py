@@ -224,6 +224,18 @@ def relaxation_time(rate_per_hour: float, slots: int, workload: Workload, queue:
     return task_rate * second / (slots - busy) ** 2
 
 
+def _draw_jobs(w: "Workload", rate_per_hour: float, jobs: int, seed: int):
+    """Arrival gaps and per-stage service times of ``jobs`` jobs. Every random number is drawn up
+    front, in a fixed order: the same seed gives the same jobs to every pool size (common random
+    numbers)."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(3600.0 / rate_per_hour, jobs)
+    gpu_s = _lognormal(rng, w.gpu_seconds, w.gpu_cv, jobs) + w.overhead_s
+    cpu_s = {s: _lognormal(rng, w.cpu_seconds[s], w.cpu_cv, jobs) + w.overhead_s
+             for s in PRE_GPU_STAGES + POST_GPU_STAGES}
+    return gaps, gpu_s, [cpu_s[s] for s in PRE_GPU_STAGES], [cpu_s[s] for s in POST_GPU_STAGES]
+
+
 def simulate(rate_per_hour: float, gpu_workers: int, cpu_workers: int, *, cpu_concurrency: int = 2,
              workload: Workload | None = None, jobs: int = 10_000, warmup: float = 0.1, seed: int = 1,
              cpu_slots: int | None = None) -> SimResult:
@@ -237,15 +249,7 @@ def simulate(rate_per_hour: float, gpu_workers: int, cpu_workers: int, *, cpu_co
     if slots < 1:
         raise ValueError(f"need at least one cpu slot (got {slots})")
     started = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    # every random number is drawn up front, in a fixed order: the same seed gives the same jobs to
-    # every pool size (common random numbers)
-    gaps = rng.exponential(3600.0 / rate_per_hour, jobs)
-    gpu_s = _lognormal(rng, w.gpu_seconds, w.gpu_cv, jobs) + w.overhead_s
-    cpu_s = {s: _lognormal(rng, w.cpu_seconds[s], w.cpu_cv, jobs) + w.overhead_s
-             for s in PRE_GPU_STAGES + POST_GPU_STAGES}
-    pre = [cpu_s[s] for s in PRE_GPU_STAGES]
-    post = [cpu_s[s] for s in POST_GPU_STAGES]
+    gaps, gpu_s, pre, post = _draw_jobs(w, rate_per_hour, jobs, seed)
 
     env = simpy.Environment()
     gpu = simpy.Resource(env, capacity=gpu_workers)
@@ -618,13 +622,7 @@ def simulate_keda(rate_per_hour: float, gpu_list_length: int, cpu_list_length: i
     """
     w = workload or Workload()
     started = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    gaps = rng.exponential(3600.0 / rate_per_hour, jobs)
-    gpu_s = _lognormal(rng, w.gpu_seconds, w.gpu_cv, jobs) + w.overhead_s
-    cpu_s = {s: _lognormal(rng, w.cpu_seconds[s], w.cpu_cv, jobs) + w.overhead_s
-             for s in PRE_GPU_STAGES + POST_GPU_STAGES}
-    pre = [cpu_s[s] for s in PRE_GPU_STAGES]
-    post = [cpu_s[s] for s in POST_GPU_STAGES]
+    gaps, gpu_s, pre, post = _draw_jobs(w, rate_per_hour, jobs, seed)
     env = simpy.Environment()
     gpu = _ScaledPool(env, 1, gpu_start_s)
     cpu = _ScaledPool(env, cpu_concurrency, cpu_start_s)

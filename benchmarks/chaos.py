@@ -85,7 +85,7 @@ def run(broker: str, n_jobs: int, kills: int, restarts: int, root: Path) -> dict
             if done == n_jobs:
                 break
             if kill_at and done >= kill_at[0]:
-                victim = next((j for j, r in records.items() if r.stage == "generate" and r.status == "running"), None)
+                victim = next((j for j, r in records.items() if _generating_now(r)), None)
                 if victim is not None:
                     os.killpg(gpu.pid, signal.SIGKILL)
                     gpu.wait(10)
@@ -110,8 +110,11 @@ def run(broker: str, n_jobs: int, kills: int, restarts: int, root: Path) -> dict
             _drop_queues(url, overrides.values())
     succeeded_tasks: dict[str, Counter] = {}
     ignored = Counter()
+    redispatched = Counter()
     for log in env.data_dir.glob("*.log"):
         text = log.read_text(errors="replace")
+        redispatched["stalled"] += text.count("stalled (no heartbeat); dispatched again")
+        redispatched["lost_before_start"] += text.count("never started (message lost); dispatched again")
         for task, job in SUCCEEDED.findall(text):
             succeeded_tasks.setdefault(task, Counter())[job] += 1
         ignored.update(IGNORED.findall(text))
@@ -126,9 +129,16 @@ def run(broker: str, n_jobs: int, kills: int, restarts: int, root: Path) -> dict
         "finalize_succeeded_per_job": dict(Counter(finals[j] for j in ids)),
         "label_succeeded_per_job": dict(Counter(labels[j] for j in ids)),
         "duplicates": sum(max(0, finals[j] - 1) + max(0, labels[j] - 1) for j in ids),
-        "ignored_deliveries": dict(ignored), "lost_attempts": dict(lost),
+        "ignored_deliveries": dict(ignored), "lost_attempts": dict(lost), "redispatched": dict(redispatched),
         "errors": [r.error for r in records.values() if r.error][:5],
     }
+
+
+def _generating_now(record) -> bool:
+    """A generate attempt that runs right now (claimed, heartbeat fresh): not one waiting to be sent again."""
+    attempt = record.attempt or {}
+    return (attempt.get("stage") == "generate" and attempt.get("state") == "running"
+            and time.time() - float(attempt.get("heartbeat_at") or 0) < 10)
 
 
 def _restart_broker(env, broker: str) -> None:

@@ -81,3 +81,22 @@ def test_cleanup_removes_only_expired_finished_jobs(store):
     assert cleanup(store, retention_hours=168) == ["old-done"]
     assert store.list_ids() == ["new-done", "old-running"]
     assert not store.storage.exists(Keys("old-done").video) and store.storage.exists(Keys("old-running").video)
+
+
+def test_the_library_does_not_import_the_service_or_worker_layers():
+    """pipeline/ is the library: the job store is chosen where the front doors are wired
+    (service/stores.py), so no module of pipeline/ but the CLI (a front door) imports service/ or
+    workers/ (the old pipeline/jobs.py <-> service/db.py cycle)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "pipeline"
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] in ("service", "workers")]
+    assert offenders == []

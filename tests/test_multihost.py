@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.deadlines import scaled
-from tests.worker_fixtures import REPO
+from tests.worker_fixtures import REPO, machine_redis_db
 
 pytestmark = pytest.mark.slow
 
@@ -45,16 +45,8 @@ def postgres_url():
 
 @pytest.fixture
 def redis_url():
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_timeout=2, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis answers on 127.0.0.1:6379 ({exc})")
-    client.flushdb()
-    yield f"redis://127.0.0.1:6379/{REDIS_DB}"
-    client.flushdb()
+    with machine_redis_db(REDIS_DB) as url:
+        yield url
 
 
 def _free_port() -> int:

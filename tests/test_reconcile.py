@@ -130,7 +130,9 @@ def test_judge_pending_message_lost_only_when_the_queue_shows_it_cannot_be_waiti
     assert judge(old, cfg, {gpu: 0}, {}, now) == "lost"  # nothing queued: its message is gone
     assert judge(old, cfg, {gpu: 50}, {}, now) is None  # a backlog: it may be waiting in it
     assert judge(old, cfg, {gpu: None}, {}, now) is None  # broker unknown: decide nothing
-    assert judge(old, cfg, {gpu: 50}, {gpu: 1000.5}, now) == "lost"  # a later message already started
+    margin = 2 * cfg.worker.heartbeat_interval_s
+    assert judge(old, cfg, {gpu: 50}, {gpu: 1000.5 + margin}, now) == "lost"  # a later message already started
+    assert judge(old, cfg, {gpu: 50}, {gpu: 1000.5}, now) is None  # sent at about the same time: may be behind
     assert judge(old, cfg, {gpu: 50}, {gpu: 999.0}, now) is None  # only earlier ones started
     assert judge(old, cfg, {gpu: 0}, {}, 1000.0 + timeout - 1) is None  # not yet waited long enough
     retry = pending_record(cfg, since=now + 30)  # a retry due in 30 s

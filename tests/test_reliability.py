@@ -19,6 +19,7 @@ import pytest
 
 from tests.test_faults import (SLOW_TINY, SMALL, _port_open, make_cluster, assert_delivered_once, children, finish, generating,
                                jobs_of, logs_tail, task_events, wait_until)
+from tests.worker_fixtures import machine_redis_db
 from workers.client import submit
 
 __all__ = ["make_cluster"]  # the fixture, imported to be used here
@@ -30,16 +31,8 @@ REDIS_DB = 12  # not test_faults' 13; flushed before and after
 
 @pytest.fixture
 def machine_redis():
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_timeout=2, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis answers on 127.0.0.1:6379 ({exc})")
-    client.flushdb()
-    yield f"redis://127.0.0.1:6379/{REDIS_DB}"
-    client.flushdb()
+    with machine_redis_db(REDIS_DB) as url:
+        yield url
 
 
 @pytest.fixture

@@ -59,3 +59,20 @@ def test_missing_and_malformed_config(tmp_path):
     bad.write_text("encode: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(bad)
+
+
+def test_object_storage_with_the_file_job_store_is_refused_naming_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIVE_STORAGE__BACKEND", "s3")
+    monkeypatch.setenv("ALIVE_STORAGE__S3__BUCKET", "b")
+    with pytest.raises(ConfigError, match="ALIVE_JOBS__STORE=database"):
+        load_settings(data_dir=tmp_path)
+    monkeypatch.setenv("ALIVE_JOBS__STORE", "database")
+    assert load_settings(data_dir=tmp_path).storage.backend == "s3"
+    monkeypatch.delenv("ALIVE_STORAGE__S3__BUCKET")
+    with pytest.raises(ConfigError, match="ALIVE_STORAGE__S3__BUCKET"):
+        load_settings(data_dir=tmp_path)
+
+
+def test_heartbeat_timeout_must_leave_room_for_missed_beats(tmp_path):
+    with pytest.raises(ConfigError, match="heartbeat_timeout_s"):
+        load_settings(data_dir=tmp_path, worker={"heartbeat_interval_s": 30, "heartbeat_timeout_s": 50})

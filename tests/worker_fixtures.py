@@ -7,6 +7,7 @@ outlives a test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -108,3 +109,23 @@ def _nested(overrides: dict) -> dict:
             value = json.loads(value)
         out.setdefault(section, {})[name] = value
     return out
+
+
+@contextlib.contextmanager
+def machine_redis_db(db: int):
+    """The machine's own Redis (127.0.0.1:6379), database ``db``, flushed before and after; a skip
+    saying why when none answers."""
+    import pytest
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db, socket_timeout=2, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis answers on 127.0.0.1:6379 ({exc})")
+    client.flushdb()
+    try:
+        yield f"redis://127.0.0.1:6379/{db}"
+    finally:
+        client.flushdb()
+        client.close()

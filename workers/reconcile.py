@@ -14,8 +14,9 @@ Two kinds of lost work, told apart by the job record alone plus the broker's que
   new message id, or the job fails ``worker_lost`` after ``worker.max_stage_attempts``.
 * **Lost before it started**: a pending stage (sent, never claimed) is re-sent only when it has
   waited longer than the heartbeat timeout **and** the broker shows its message cannot be waiting
-  in the queue: the queue is empty, or a stage sent *later* to the same queue has already started
-  (queues are FIFO, so the older message would have been delivered first). A long backlog keeps
+  in the queue: the queue is empty, or a stage sent clearly *later* (by more than two heartbeat
+  intervals) to the same queue has already started (queues are FIFO, so the older message would
+  have been delivered first). A long backlog keeps
   the queue non-empty with later messages not yet started, so a waiting job is never duplicated.
   A wrong guess costs a duplicate delivery, never a duplicate video: the claim lets only one run.
 
@@ -86,7 +87,11 @@ def judge(record: JobRecord, settings, depths: dict[str, int | None], marks: dic
     if now - since <= timeout:
         return None
     queue = attempt.get("queue") or attempts.queue_of(attempt["stage"], settings)
-    if depths.get(queue) == 0 or marks.get(queue, 0.0) > since:
+    # "Sent later" with a margin: two workers handing on at the same moment may publish in the
+    # other order, and hosts' clocks differ a little; a message in a backlog is never overtaken
+    # by one sent this much later.
+    margin = 2 * settings.worker.heartbeat_interval_s
+    if depths.get(queue) == 0 or marks.get(queue, 0.0) > since + margin:
         return "lost"
     return None
 
