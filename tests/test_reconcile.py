@@ -200,3 +200,24 @@ def test_reconciler_fails_a_job_whose_stage_kept_stalling(store, cfg, monkeypatc
     worker, sent = reconciler(cfg, store)
     assert worker.run_once()["worker_lost"] == 1
     assert failed == [(job_id, "worker_lost")] and sent == []
+
+
+def test_a_job_claimed_by_its_first_message_after_a_resend_does_not_look_like_a_late_one(store, cfg):
+    """The high-water mark takes the send time of the message that was claimed: the first one
+    (sent long ago) is not taken for the re-sent one, else every job queued in between would look
+    overtaken and be sent again (seen: 192 needless re-sends in a 100-job run)."""
+    job_id = new_job(store)
+    long_ago = time.time() - 500
+    store.update(job_id, attempt=attempts.pending("generate", cfg, long_ago))
+    worker, sent = reconciler(cfg, store, depth=0)
+    worker.run_once()
+    (_, _, resent_id), = sent
+    claim(store, job_id, "generate", "the-first-message", cfg)
+    assert store.load(job_id).attempt["dispatched_at"] == pytest.approx(long_ago)
+    other = new_job(store)
+    store.update(other, attempt=attempts.pending("generate", cfg, long_ago + 100))
+    worker, sent = reconciler(cfg, store, depth=5)  # a backlog; the only mark is older than it
+    worker.run_once()
+    assert sent == []
+    claim(store, other, "generate", "m-late", cfg)
+    assert store.load(other).attempt["dispatched_at"] == pytest.approx(long_ago + 100)

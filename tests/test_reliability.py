@@ -267,3 +267,30 @@ def scaled_timeout(seconds: float) -> float:
     from tests.deadlines import scaled
 
     return scaled(seconds)
+
+
+def test_status_shows_a_stage_whose_host_died_as_stalled_until_a_reconciler_sends_it_again(
+        make_cluster, sample_photo):
+    """Before: `alive status` read "running (stage generate)" for ~900 s after the gpu host died."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app as cli
+
+    env = make_cluster(ALIVE_WORKER__HEARTBEAT_INTERVAL_S=2, ALIVE_WORKER__HEARTBEAT_TIMEOUT_S=12)
+    jobs = jobs_of(env)
+    gpu = env.start_worker("gpu", name="gpu")
+    env.start_worker("cpu", name="cpu")  # no --beat: nothing reconciles yet
+    job_id = submit(sample_photo, env.settings, SLOW_TINY, engine="tiny")
+    kill_whole_worker_mid_generate(env, job_id, gpu)
+
+    def status_text() -> str:
+        return CliRunner().invoke(cli, ["status", job_id], env=env.env).output
+
+    shown = wait_until(lambda: (lambda out: out if "stalled" in out else None)(status_text()), 60,
+                       "alive status to say stalled")
+    assert "status    stalled (stage generate)" in shown and "heartbeat " in shown, shown
+    assert "s ago" in shown
+    env.start_worker("cpu", name="cpu-beat", beat=True)  # a reconciler appears
+    record = finish(env, [job_id], timeout=120)[job_id]
+    assert_delivered_once(env, job_id, record)
+    assert record.lost_attempts == {"generate": 1}

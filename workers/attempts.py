@@ -61,9 +61,12 @@ def current(record: JobRecord) -> dict[str, Any]:
 
 
 def pending(stage: str, settings, since: float, message_id: str | None = None,
-            waiting_for: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A stage waiting for its message; ``waiting_for`` says why a retry waits (e.g. disk_full)."""
+            waiting_for: dict[str, Any] | None = None, sent_at: float | None = None) -> dict[str, Any]:
+    """A stage waiting for its message since ``since``; ``message_id`` is set when the reconciler
+    sent it again (then ``sent_at`` keeps when the first message was sent: it may still arrive);
+    ``waiting_for`` says why a retry waits (e.g. disk_full)."""
     return {"stage": stage, "state": "pending", "since": since, "message_id": message_id,
+            "sent_at": since if sent_at is None else sent_at,
             "queue": queue_of(stage, settings), "token": None, "heartbeat_at": None, "waiting_for": waiting_for}
 
 
@@ -94,8 +97,12 @@ def claim(record: JobRecord, stage: str, message_id: str, settings, now: float |
     record.attempt = {"stage": stage, "state": "running", "token": token, "message_id": message_id,
                       "queue": queue_of(stage, settings), "since": now, "heartbeat_at": now,
                       # when this attempt's message was sent: the reconciler's evidence that a queue
-                      # has moved past an older message that never arrived
-                      "dispatched_at": float(attempt.get("since") or now)}
+                      # has moved past an older message that never arrived. The reconciler's re-sent
+                      # message was sent at ``since``; any other delivery is the first message, sent
+                      # at ``sent_at`` (taking the re-send time for it would make every job queued
+                      # in between look overtaken).
+                      "dispatched_at": float((attempt.get("since") if message_id == attempt.get("message_id")
+                                              else attempt.get("sent_at", attempt.get("since"))) or now)}
     record.status, record.stage = "running", stage
     return token
 

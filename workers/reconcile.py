@@ -148,7 +148,8 @@ class Reconciler:
                     chosen["fail"] = stage
                     return
             message_id = new_message_id()
-            record.attempt = attempts.pending(stage, self.settings, time.time(), message_id)
+            first_sent = attempt.get("sent_at", attempt.get("since")) if verdict == "lost" else None
+            record.attempt = attempts.pending(stage, self.settings, time.time(), message_id, sent_at=first_sent)
             chosen.update(stage=stage, message_id=message_id)
 
         try:
