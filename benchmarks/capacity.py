@@ -267,25 +267,25 @@ def simulate(rate_per_hour: float, gpu_workers: int, cpu_workers: int, *, cpu_co
     in_system = np.zeros(n_samples)
     live = [0]
 
-    def job(i: int):
+    def cpu_stages(i: int, stages):
+        """Run stages one after another on the cpu pool; returns the time spent queueing."""
         waited = 0.0
-        for times in pre:
+        for times in stages:
             t0 = env.now
             with cpu.request() as req:
                 yield req
                 waited += env.now - t0
                 yield env.timeout(times[i])
+        return waited
+
+    def job(i: int):
+        waited = yield from cpu_stages(i, pre)
         t0 = env.now
         with gpu.request() as req:
             yield req
             gpu_wait[i] = env.now - t0
             yield env.timeout(gpu_s[i])
-        for times in post:
-            t0 = env.now
-            with cpu.request() as req:
-                yield req
-                waited += env.now - t0
-                yield env.timeout(times[i])
+        waited += yield from cpu_stages(i, post)
         cpu_wait[i] = waited
         done[i] = env.now
         live[0] -= 1

@@ -61,7 +61,7 @@ from pipeline.jobs import JobRecord, JobStore, Keys
 from service.stores import open_job_store
 from pipeline.settings import load_settings
 from pipeline.storage import open_storage
-from tests.worker_fixtures import WorkerEnv
+from tests.worker_fixtures import WorkerEnv, machine_redis_db
 from tests.deadlines import scaled
 from workers.client import connect, submit, wait
 
@@ -484,27 +484,22 @@ REDIS_DB = 13  # a database number unlikely to be in use; flushed before and aft
 def test_end_to_end_on_the_local_redis_server(make_cluster, sample_photo):
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis answers on 127.0.0.1:6379 ({exc})")
-    client.flushdb()
-    env = None
-    try:
-        tag = uuid.uuid4().hex[:8]
-        env = make_cluster(f"redis://127.0.0.1:6379/{REDIS_DB}", ALIVE_WORKER__CPU_QUEUE=f"faults-cpu-{tag}",
-                           ALIVE_WORKER__GPU_QUEUE=f"faults-gpu-{tag}")
-        assert env.broker is None
-        env.start_worker("cpu,gpu", name="w")
-        job_id = submit(sample_photo, env.settings, SMALL, engine="tiny")
-        assert_delivered_once(env, job_id, finish(env, [job_id], timeout=90)[job_id])
-        assert client.keys("celery-task-meta-*")  # results went to this server
-    finally:
-        if env is not None:
-            env.close()  # before the flush, or the workers write their bindings again
-        client.flushdb()
-        client.close()
+    with machine_redis_db(REDIS_DB) as url:
+        env = None
+        try:
+            tag = uuid.uuid4().hex[:8]
+            env = make_cluster(url, ALIVE_WORKER__CPU_QUEUE=f"faults-cpu-{tag}",
+                               ALIVE_WORKER__GPU_QUEUE=f"faults-gpu-{tag}")
+            assert env.broker is None
+            env.start_worker("cpu,gpu", name="w")
+            job_id = submit(sample_photo, env.settings, SMALL, engine="tiny")
+            assert_delivered_once(env, job_id, finish(env, [job_id], timeout=90)[job_id])
+            client = redis.Redis.from_url(url, socket_timeout=1)
+            assert client.keys("celery-task-meta-*")  # results went to this server
+            client.close()
+        finally:
+            if env is not None:
+                env.close()  # before the flush, or the workers write their bindings again
 
 
 def test_end_to_end_on_the_local_rabbitmq_with_a_killed_gpu_worker(make_cluster, sample_photo):
