@@ -344,3 +344,25 @@ def test_embedded_broker_lives_in_the_data_dir(tmp_path):
     assert broker.url == "redis+socket://" + str(tmp_path.resolve() / "broker" / "redis.sock")
     assert not broker.is_running()
     assert not broker.directory.exists()  # building one touches nothing
+
+
+def test_one_process_switching_from_rabbitmq_back_to_redis_routes_to_the_redis_queues(tmp_path):
+    """CI found it: after a RabbitMQ test configured its own quorum queues (and "no missing queues"),
+    every later job in the same process failed with "Queue 'cpu' missing from task_queues"."""
+    from pipeline.settings import load_settings
+    from workers.app import app, configure
+
+    before = app.conf.alive_settings
+    rabbit = load_settings(data_dir=tmp_path / "r", worker={
+        "broker_url": "amqp://guest:guest@127.0.0.1:5672//", "cpu_queue": "own-cpu", "gpu_queue": "own-gpu"})
+    redis_side = load_settings(data_dir=tmp_path / "s", worker={"broker_url": "redis://127.0.0.1:6379/15"})
+    try:
+        configure(app, rabbit)
+        assert app.amqp.router.route({}, "alive.moderate")["queue"].name == "own-cpu"
+        configure(app, redis_side)
+        assert app.conf.task_queues is None and app.conf.task_create_missing_queues
+        assert app.amqp.router.route({}, "alive.moderate")["queue"].name == "cpu"
+        assert app.amqp.router.route({}, "alive.generate")["queue"].name == "gpu"
+        assert app.conf.alive_dead_letter_queue is None
+    finally:
+        configure(app, before)

@@ -58,6 +58,13 @@ def celery_config(settings: Settings) -> dict:
         "worker_prefetch_multiplier": 1,  # a busy GPU worker must not sit on queued jobs
         "task_track_started": True,
         "task_default_queue": w.cpu_queue,
+        # Celery's own defaults, stated so that one process re-configured from RabbitMQ back to
+        # Redis (tests, `alive` commands switching brokers) does not keep the quorum queue list
+        # and its "no missing queues" rule: rabbitmq_queues() below overrides them for RabbitMQ.
+        "task_queues": None,
+        "task_create_missing_queues": True,
+        "task_default_exchange_type": "direct",
+        "alive_dead_letter_queue": None,
         # Exact names win over globs in Celery's MapRoute (whatever the order); the glob catches the rest.
         # Webhooks have their own queue and workers: a slow receiver never holds a cpu worker.
         "task_routes": {"alive.generate": {"queue": w.gpu_queue}, "alive.webhook": {"queue": w.webhook_queue},
@@ -100,8 +107,6 @@ def celery_config(settings: Settings) -> dict:
         config["result_backend_transport_options"] = {"visibility_timeout": w.visibility_timeout_s}
     elif _is_amqp(url):
         config.update(rabbitmq_queues(settings))
-    else:
-        config["alive_dead_letter_queue"] = None
     return config
 
 
