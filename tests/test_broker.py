@@ -366,3 +366,22 @@ def test_one_process_switching_from_rabbitmq_back_to_redis_routes_to_the_redis_q
         assert app.conf.alive_dead_letter_queue is None
     finally:
         configure(app, before)
+
+
+def test_switching_brokers_and_back_to_the_same_url_gets_a_live_connection_pool(brokers, tmp_path):
+    """CI found it: app._pool is kombu's process-wide pool for the URL; closed on a switch but left
+    registered, the next switch back to that URL was handed the closed pool ("Acquire on closed pool")."""
+    from pipeline.settings import load_settings
+    from workers.app import app, configure
+
+    before = app.conf.alive_settings
+    first, other = brokers(tmp_path / "a").start(), brokers(tmp_path / "b").start()
+    one = load_settings(data_dir=tmp_path / "one", worker={"broker_url": first.url})
+    two = load_settings(data_dir=tmp_path / "two", worker={"broker_url": other.url})
+    try:
+        for settings in (one, two, one):
+            configure(app, settings)
+            with app.producer_or_acquire() as producer:
+                producer.connection.ensure_connection(max_retries=1)
+    finally:
+        configure(app, before)

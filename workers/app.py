@@ -188,6 +188,12 @@ def _drop_connections(app: Celery) -> None:
     """
     if app._pool is not None:
         app._pool.force_close_all()
+    # app._pool is kombu's process-wide pool for that URL (kombu.pools.connections), and the producer
+    # pools refer to it: closed but left registered, a later switch back to the same URL was handed
+    # the closed pool ("Acquire on closed pool", CI). Empty the registries with it.
+    from kombu import pools
+
+    pools.reset()
     app._pool = None
     if "amqp" in app.__dict__:
         app.__dict__["amqp"]._producer_pool = None
