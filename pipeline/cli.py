@@ -149,6 +149,7 @@ def animate(
     def work() -> int:
         from pipeline.engines import GenerationOptions
         from pipeline.run import animate as run_animate
+        from service.stores import manifest_keeper as _manifest_keeper
 
         engine_over = {k: v for k, v in {"name": engine, "model": model, "revision": revision}.items() if v}
         if model and not engine:
@@ -165,7 +166,8 @@ def animate(
             raise ConfigError(f"--audio {audio}: no such file", code="bad_option")
         with _StageBar(enabled=not json_out) as bar:  # output None: IMAGE's name + .mp4 here (pipeline/outputs.py)
             result = run_animate(image, output, settings, options, story=story, audio_file=audio, prompt=prompt,
-                                 poster=poster, preview=preview, report=report, progress=bar.update)
+                                 poster=poster, preview=preview, report=report, progress=bar.update,
+                                 keep_manifest=_manifest_keeper(settings))
         doc = result.report
         if json_out:
             out.print_json(json.dumps(doc, default=str))
@@ -200,24 +202,37 @@ def verify(
     file: Path = typer.Argument(..., help="Video or image to check."),
     trust: Optional[Path] = typer.Option(None, "--trust", help="PEM file of trusted root certificates "
                                          "[default: configured anchors, else this machine's development root]."),
+    resolver: Optional[str] = typer.Option(None, "--resolver", help="Manifest repository to ask when the file "
+                                           "has no valid manifest, e.g. https://alive.example/v1/credentials "
+                                           "[default: label.resolver_url; the local repository is always asked]."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON: embedded, watermark, recovered."),
 ) -> None:
-    """Print the C2PA Content Credentials of FILE; exit 0 only when they validate.
+    """Check the Content Credentials of FILE, and recover them when a copy lost them.
 
-    Exit 1 when they do not: no credentials, invalid ones, or FILE is not a video or image at all
-    (state NotMedia, error not_a_video: empty, JSON such as an API error body, HTML, text)."""
+    1. The embedded C2PA manifest: exit 0 when it validates (and its watermark id is compared with
+    the pixels'). 2. Otherwise the invisible watermark is decoded and its id looked up in the local
+    manifest repository (this data dir's job database) and at --resolver; a hit counts only when the
+    copy's perceptual fingerprint matches the signed one. Exit 0 when a credential was recovered
+    whose signature validates: the file is a modified copy of that credentialed video.
+
+    Exit 1 when neither: no credentials, invalid ones and none recovered, or FILE is not a video or
+    image at all (state NotMedia, error not_a_video: empty, JSON such as an API error body, HTML, text)."""
 
     def work() -> int:
         from rich.markup import escape
 
-        from pipeline.provenance import NOT_MEDIA, NOT_MEDIA_CODE, source_type_name
-        from pipeline.provenance import verify as verify_file
+        from pipeline.provenance import NOT_MEDIA, NOT_MEDIA_CODE
+        from pipeline.recovery import check_file
+        from service.stores import existing_manifest_repository
 
+        settings = _settings(config)
         anchors = _trust_anchors(trust, config)
-        result = verify_file(file, anchors)
+        checked = check_file(file, anchors, existing_manifest_repository(settings),
+                             resolver or settings.label.resolver_url)
+        result = checked.embedded
         if json_out:
-            doc = result.to_dict()
+            doc = checked.to_dict()
             if result.state == NOT_MEDIA:
                 doc["error"] = {"code": NOT_MEDIA_CODE, "message": result.detail}
             out.print_json(json.dumps(doc, default=str))
@@ -226,29 +241,57 @@ def verify(
             out.print(f"state               {result.state}", markup=False)
             err.print(f"[bold red]error[/] ({NOT_MEDIA_CODE}): {escape(result.detail or '')}", markup=True)
         else:
-            name = source_type_name(result.digital_source_type)
-            lines = [  # texts from the file's manifest are printed as they are (markup=False)
-                f"file                {file}",
-                f"state               {result.state}",
-                f"AI-generated        {'yes' if result.ai_generated else 'no'}",
-                f"digitalSourceType   {result.digital_source_type}" + (f" ({name})" if name else ""),
-                f"generator           {result.generator}",
-                f"software agent      {result.software_agent}",
-                f"title               {result.title}",
-                f"signer              {result.signer}",
-            ]
-            if result.signer_trust:
-                lines.append(f"signer trust        {result.signer_trust}")
-            lines.append(f"source thumbnail    {'embedded' if result.has_ingredient_thumbnail else 'none'}")
-            if result.status_codes:
-                lines.append("status codes        " + ", ".join(result.status_codes))
-            if result.detail:
-                lines.append(f"detail              {result.detail}")
-            for line in lines:
-                out.print(line, markup=False)
-        return 0 if result.state in ("Valid", "Trusted") else 1
+            for line in _verify_lines(file, checked):
+                out.print(line, markup=False)  # texts from manifests are printed as they are
+        return 0 if checked.ok else 1
 
     _guard(work)
+
+
+def _verify_lines(file: Path, checked) -> list[str]:
+    from pipeline.provenance import source_type_name
+
+    result = checked.embedded
+    name = source_type_name(result.digital_source_type)
+    lines = [
+        f"file                {file}",
+        f"state               {result.state}",
+        f"AI-generated        {'yes' if result.ai_generated else 'no'}",
+        f"digitalSourceType   {result.digital_source_type}" + (f" ({name})" if name else ""),
+        f"generator           {result.generator}",
+        f"software agent      {result.software_agent}",
+        f"title               {result.title}",
+        f"signer              {result.signer}",
+    ]
+    if result.signer_trust:
+        lines.append(f"signer trust        {result.signer_trust}")
+    lines.append(f"source thumbnail    {'embedded' if result.has_ingredient_thumbnail else 'none'}")
+    if result.status_codes:
+        lines.append("status codes        " + ", ".join(result.status_codes))
+    if result.detail:
+        lines.append(f"detail              {result.detail}")
+    mark = checked.bindings.watermark if checked.bindings else None
+    if mark is not None:
+        said = f"found, id {mark.credential_id}, confidence {mark.confidence:.2f}" if mark.found else "none found"
+        if checked.watermark_agrees is not None:
+            said += ", agrees with the manifest" if checked.watermark_agrees else ", DISAGREES with the manifest"
+        lines.append(f"watermark           {said}")
+    rec = checked.recovered
+    if rec is not None:
+        kind = source_type_name(rec["digital_source_type"])
+        lines += [
+            f"recovered           {rec['state']}: this file is a modified copy of a credentialed "
+            f"{'AI-generated' if rec['ai_generated'] else 'animated'} video",
+            f"  made by           {rec['generator']} ({rec['software_agent']})",
+            f"  digitalSourceType {rec['digital_source_type']}" + (f" ({kind})" if kind else ""),
+            f"  signed            {rec['signed_at']} by {rec['signer']}",
+            f"  job               {rec['job_id']}  manifest {rec['manifest_id']}",
+            f"  found             by {rec['found_by']} in {rec['found_in']} (similarity {rec['similarity']:.2f})",
+        ]
+        lines += [f"  lost              {what}" for what in rec["lost"]]
+    elif result.state not in ("Valid", "Trusted"):
+        lines.append("recovered           no: no repository holds a credential for this content")
+    return lines
 
 
 def _trust_anchors(trust: Optional[Path], config: Optional[Path]) -> bytes | None:

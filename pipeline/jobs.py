@@ -99,6 +99,8 @@ class JobRecord:
     notes: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     c2pa: dict[str, Any] = field(default_factory=dict)
+    # the soft bindings (pipeline/softbinding.py): credential id, watermark, fingerprint
+    credential: dict[str, Any] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     error: dict[str, Any] | None = None
     source_retained: bool = True

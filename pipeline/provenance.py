@@ -462,6 +462,8 @@ class LabelInfo:
     source_mime: str | None = None
     source_bytes: bytes | None = None
     extra_actions: tuple[dict, ...] = ()
+    # c2pa.soft-binding assertions (pipeline/softbinding.py): the watermark and the fingerprint
+    soft_bindings: tuple[dict, ...] = ()
 
 
 def build_manifest(info: LabelInfo, settings: LabelSettings) -> dict:
@@ -495,7 +497,8 @@ def build_manifest(info: LabelInfo, settings: LabelSettings) -> dict:
         "title": info.title or settings.title,
         "format": VIDEO_MIME,
         "assertions": [
-            {"label": "c2pa.actions", "data": {"actions": [created, *[dict(a) for a in info.extra_actions]]}}
+            {"label": "c2pa.actions", "data": {"actions": [created, *[dict(a) for a in info.extra_actions]]}},
+            *[dict(a) for a in info.soft_bindings],
         ],
     }
     if info.source_bytes is not None:
@@ -535,13 +538,20 @@ def _verify_settings(trust_anchors_pem: bytes | None) -> dict:
 
 
 def sign_video(src: Path, dst: Path, info: LabelInfo, credentials: Credentials, settings: LabelSettings) -> dict:
+    """``sign_video_keeping_store`` without the manifest store's bytes."""
+    return sign_video_keeping_store(src, dst, info, credentials, settings)[0]
+
+
+def sign_video_keeping_store(src: Path, dst: Path, info: LabelInfo, credentials: Credentials,
+                             settings: LabelSettings) -> tuple[dict, bytes]:
     """Sign the MP4 ``src`` into ``dst`` (which may be ``src``), verify it, then move it into place.
 
     Signing writes a temporary file next to ``dst``; it replaces ``dst`` only after a fresh Reader
     found it "Valid" or "Trusted" with no failure code (``signingCredential.untrusted`` is allowed
     only when no trust anchors are known). On any failure ``dst`` is untouched and no temporary
     file is left; no space left to write it raises ``StorageFull`` (disk_full), other failures
-    ``LabelFailed``. Returns a summary for the job report.
+    ``LabelFailed``. Returns a summary for the job report and the signed manifest store (the
+    ``.c2pa`` bytes embedded in the file, for the manifest repository).
     """
     src, dst = Path(src), Path(dst)
     if not src.is_file():
@@ -555,7 +565,7 @@ def sign_video(src: Path, dst: Path, info: LabelInfo, credentials: Credentials, 
         raise _unwritable(dst, exc) from exc
     try:
         with tmp.open("w+b") as out:
-            _sign_to(src, out, manifest, info, credentials, settings, alg)
+            store = _sign_to(src, out, manifest, info, credentials, settings, alg)
             out.flush()
             os.fsync(out.fileno())
         signed_at = time.perf_counter()
@@ -584,7 +594,7 @@ def sign_video(src: Path, dst: Path, info: LabelInfo, credentials: Credentials, 
         "sign_seconds": round(signed_at - started, 4),
         "verify_seconds": round(verified_at - signed_at, 4),
         "seconds": round(verified_at - started, 4),
-    }
+    }, store
 
 
 def _unwritable(dst: Path, exc: OSError) -> AliveError:
@@ -600,8 +610,9 @@ def _unwritable(dst: Path, exc: OSError) -> AliveError:
 
 
 def _sign_to(src: Path, out: Any, manifest: dict, info: LabelInfo, credentials: Credentials,
-             settings: LabelSettings, alg: c2pa.C2paSigningAlg) -> None:
-    """Run the c2pa Builder: ``src`` -> ``out`` (an open w+b file). Native errors -> LabelFailed."""
+             settings: LabelSettings, alg: c2pa.C2paSigningAlg) -> bytes:
+    """Run the c2pa Builder: ``src`` -> ``out`` (an open w+b file); returns the manifest store's
+    bytes. Native errors -> LabelFailed."""
     definition = dict(manifest)
     ingredients = definition.pop("ingredients", [])  # attached below with their bytes
     try:
@@ -614,7 +625,7 @@ def _sign_to(src: Path, out: Any, manifest: dict, info: LabelInfo, credentials: 
             for ingredient in ingredients:
                 builder.add_ingredient(ingredient, ingredient["format"], io.BytesIO(info.source_bytes or b""))
             with open(src, "rb") as source:
-                builder.sign(signer, VIDEO_MIME, source, out)
+                return bytes(builder.sign(signer, VIDEO_MIME, source, out))
     except c2pa.C2paError as exc:
         raise LabelFailed(
             f"C2PA signing of {src} failed: {exc}. Check that it is a complete MP4 and that the "
@@ -687,6 +698,9 @@ class VerifyReport:
     # Why the signer is (not) trusted, in words that never contradict ``state``.
     signer_trust: str | None = None
     development_certificate: bool = False  # signed with an alive development chain
+    # c2pa.soft-binding assertions as signed: [{alg, value}] (the watermark id, the fingerprint)
+    soft_bindings: list[dict] = dataclasses.field(default_factory=list)
+    signed_at: str | None = None  # the signature's time, when the manifest says
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -741,6 +755,40 @@ def verify(path: Path, trust_anchors_pem: bytes | None = None) -> VerifyReport:
                 return _empty_report("Unsupported", detail=str(exc), content=content)
             return _empty_report("Invalid", codes=[_error_code(exc)], detail=str(exc), content=content)
     return _report_from_store(store, content)
+
+
+HASH_MISMATCH_CODES = ("assertion.bmffHash.mismatch", "assertion.dataHash.mismatch", "assertion.boxesHash.mismatch")
+
+
+def verify_manifest_store(store: bytes, trust_anchors_pem: bytes | None = None) -> VerifyReport:
+    """Validate a manifest store on its own (one recovered from the repository for a copy).
+
+    Without the original bytes its hard binding cannot match (c2pa says ``assertion.*Hash.mismatch``):
+    that code is set apart, and the state is the signature's and the claim's own: "Trusted" or
+    "Valid" when nothing else fails, "Invalid" otherwise. ``detail`` says the content hash was not
+    checked."""
+    try:
+        with (
+            c2pa.Context.from_dict(_verify_settings(trust_anchors_pem)) as context,
+            c2pa.Reader("application/c2pa", io.BytesIO(store), context=context) as reader,
+        ):
+            doc = json.loads(reader.json())
+    except c2pa.C2paError as exc:
+        return _empty_report("Invalid", codes=[_error_code(exc)], detail=str(exc), content="c2pa")
+    for key in ("validation_status",):
+        doc[key] = [v for v in doc.get(key) or [] if v.get("code") not in HASH_MISMATCH_CODES]
+    results = (doc.get("validation_results") or {}).get("activeManifest") or {}
+    if isinstance(results.get("failure"), list):
+        results["failure"] = [v for v in results["failure"] if v.get("code") not in HASH_MISMATCH_CODES]
+    failures, _ = _status_codes(doc)
+    untrusted = "signingCredential.untrusted" in failures
+    if not [c for c in failures if c != "signingCredential.untrusted"]:
+        doc["validation_state"] = "Valid" if untrusted or not trust_anchors_pem else "Trusted"
+    else:
+        doc["validation_state"] = "Invalid"
+    report = _report_from_store(doc, "c2pa")
+    return dataclasses.replace(report, detail="the manifest's own signature and claim were checked; its content "
+                                              "hash belongs to the original file, not to this copy")
 
 
 def sniff_media(head: bytes, size: int) -> tuple[str, str | None]:
@@ -889,7 +937,20 @@ def _report_from_store(store: dict, content: str | None = None) -> VerifyReport:
         content=content,
         signer_trust=trust,
         development_certificate=development,
+        soft_bindings=_soft_bindings(manifest),
+        signed_at=(manifest.get("signature_info") or {}).get("time"),
     )
+
+
+def _soft_bindings(manifest: dict) -> list[dict]:
+    found = []
+    for assertion in manifest.get("assertions") or []:
+        if assertion.get("label") == "c2pa.soft-binding" and isinstance(assertion.get("data"), dict):
+            data = assertion["data"]
+            for block in data.get("blocks") or []:
+                if isinstance(block, dict) and isinstance(block.get("value"), str):
+                    found.append({"alg": str(data.get("alg")), "value": block["value"]})
+    return found
 
 
 def _signer(sig: dict, state: str, failures: list[str]) -> tuple[str | None, bool, str | None]:

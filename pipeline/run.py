@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline import stages
+from pipeline import stages, watermark
 from pipeline.engines import GenerationOptions
 from pipeline.errors import ConfigError
 from pipeline.finish import StoryOptions, check_output_name, story_settings
@@ -90,6 +90,7 @@ class Job:
     taken: Any  # IntakeResult: the sanitised photo
     audio_file: Path | None
     made: stages.Generated | None = None
+    keep_manifest: Callable[[Any], None] | None = None  # the manifest repository's add (front door wires it)
 
 
 def animate(source: bytes | str | Path, output: str | Path | None, settings: Settings,
@@ -117,6 +118,7 @@ def start(
     job_id: str | None = None,
     progress: StageProgress | None = None,
     notes: tuple[str, ...] | list[str] = (),
+    keep_manifest: Callable[[Any], None] | None = None,
 ) -> Job:
     """Check the request, take the photo in and moderate it: everything before generation.
 
@@ -151,7 +153,7 @@ def start(
         stages.moderate_input(taken.image, prompt, settings, record.moderation)
     return Job(settings=settings, options=options, output=output, poster=plan.poster, preview=plan.preview,
                report=plan.report, record=record, timer=timer, taken=taken,
-               audio_file=Path(audio_file) if audio_file else None)
+               audio_file=Path(audio_file) if audio_file else None, keep_manifest=keep_manifest)
 
 
 def generate_together(jobs: list[Job]) -> None:
@@ -192,10 +194,14 @@ def complete(job: Job) -> Result:
         poster_draft, preview_draft = Path(work) / "poster.jpg", Path(work) / "preview.webp"
         with timer.stage("encode"):
             encoded = stages.encode(finished, unsigned, poster_draft, preview_draft, settings,
-                                    audio_file=job.audio_file, progress=timer.steps("encode"))
+                                    audio_file=job.audio_file, progress=timer.steps("encode"),
+                                    credential_id=watermark.credential_id_for(record.job_id))
+        record.credential = encoded.soft_binding.to_dict() if encoded.soft_binding else None
         with timer.stage("label"):
             record.c2pa = stages.label(unsigned, output, stages.png_bytes(job.taken.image), made.software_agent,
-                                       settings, finished.actions + encoded.actions)
+                                       settings, finished.actions + encoded.actions,
+                                       soft_binding=encoded.soft_binding, job_id=record.job_id,
+                                       keep=job.keep_manifest)
         publish(poster_draft, job.poster)  # only a labelled video gets a poster and preview beside it
         publish(preview_draft, job.preview)
 

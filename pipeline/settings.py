@@ -192,6 +192,14 @@ class LabelSettings(_Section):
     include_thumbnail: bool = Field(False, description="embed a thumbnail of the source photo (privacy!)")
     claim_generator: str = "alive"
     title: str = "AI-generated story video"
+    watermark: bool = Field(True, description="an invisible watermark with the credential id in every published frame "
+                                              "(video, poster, preview): finds the manifest after a re-encode")
+    watermark_strength: float = Field(2.6, ge=0.5, le=8.0, description="watermark amplitude in luma levels at "
+                                      "average texture (2.6: PSNR ~41 dB)")
+    keep_manifests: bool = Field(True, description="keep every signed manifest in the manifest repository (the job "
+                                                   "database) so copies without metadata can be looked up")
+    resolver_url: str | None = Field(None, description="manifest repository `alive verify` also asks, e.g. "
+                                                       "https://alive.example/v1/credentials; None = local only")
 
 
 class S3Settings(_Section):

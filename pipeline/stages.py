@@ -25,8 +25,10 @@ from pipeline.finish import finish as finish_clip
 from pipeline.frame import fit_to_size, generation_size_for
 from pipeline.intake import IntakeResult, load_image
 from pipeline.previews import preview_indices, write_webp_preview
-from pipeline.provenance import ALGORITHMIC_MEDIA, LabelInfo, is_ai_generated, load_credentials, sign_video, verify
+from pipeline.manifests import StoredManifest
+from pipeline.provenance import ALGORITHMIC_MEDIA, LabelInfo, is_ai_generated, load_credentials, sign_video_keeping_store, verify
 from pipeline.settings import Settings
+from pipeline.softbinding import SoftBinding, bind
 
 StepProgress = Callable[[int, int], None]
 
@@ -185,14 +187,24 @@ class Encoded:
     audio: dict[str, Any] | None  # what the sound track is, None when the video has none
     preview: dict[str, Any]
     actions: list[dict[str, Any]]  # C2PA actions of this stage (sound, transcode)
+    soft_binding: SoftBinding | None = None  # the watermark and fingerprint, when a credential id was given
 
 
 def encode(story: Finished, video: Path, poster: Path, preview: Path, settings: Settings, *,
-           audio_file: Path | None = None, progress: StepProgress | None = None) -> Encoded:
+           audio_file: Path | None = None, progress: StepProgress | None = None,
+           credential_id: str | None = None) -> Encoded:
     """Story frames -> unsigned video with its sound track (not yet where users look), the poster JPEG
-    (the best frame) and a small looping WebP preview."""
+    (the best frame) and a small looping WebP preview.
+
+    With a ``credential_id`` (``watermark.credential_id_for(job_id)``) the frames are first
+    watermarked with it (``label.watermark``) and fingerprinted: every published frame (video,
+    poster, preview) carries the id, after the visible label and before any encoding."""
 
     actions: list[dict[str, Any]] = []
+    soft = None
+    if credential_id is not None:
+        soft = bind(story.frames, credential_id, watermark_on=settings.label.watermark,
+                    strength=settings.label.watermark_strength)
     with tempfile.TemporaryDirectory(prefix=".audio-", dir=video.parent) as work:
         wav = Path(work) / "track.wav"
         track = render_track(story.duration_s, settings.audio, wav, file=audio_file)
@@ -211,7 +223,7 @@ def encode(story: Finished, video: Path, poster: Path, preview: Path, settings: 
     shown = write_webp_preview(np.stack([story.frames[i] for i in picked]), rate, preview,
                                width=settings.story.preview_width, preview_fps=rate,
                                quality=settings.story.preview_quality)
-    return Encoded(video=encoded, audio=track, preview=shown, actions=actions)
+    return Encoded(video=encoded, audio=track, preview=shown, actions=actions, soft_binding=soft)
 
 
 def _audio_action(track: dict[str, Any]) -> dict[str, Any]:
@@ -241,11 +253,15 @@ def outputs_summary(encoded: EncodedVideo) -> dict[str, Any]:
 # -- label -----------------------------------------------------------------------------------------
 def label(unsigned: Path, signed: Path, clean_photo_png: bytes, software_agent: str,
           settings: Settings, actions: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (), *,
-          source_type: str | None = None) -> dict[str, Any]:
+          source_type: str | None = None, soft_binding: SoftBinding | None = None, job_id: str | None = None,
+          keep: Callable[[StoredManifest], None] | None = None) -> dict[str, Any]:
     """Sign the MP4 (the last step that touches its bytes), verify it, and summarise both.
 
     ``source_type`` is the clip's IPTC digital source type (``c2pa.created``); None takes the
-    configured engine's (``digital_source_type``)."""
+    configured engine's (``digital_source_type``). A ``soft_binding`` (from ``encode``) is written
+    as ``c2pa.soft-binding`` assertions, and the signed manifest store with it is handed to
+    ``keep`` (the manifest repository's ``add``, wired by the front door) when
+    ``label.keep_manifests``."""
     credentials = load_credentials(settings.label, settings.dev_credentials_dir)
     source_type = source_type or digital_source_type(settings)
     info = LabelInfo(
@@ -257,10 +273,31 @@ def label(unsigned: Path, signed: Path, clean_photo_png: bytes, software_agent: 
         source_mime="image/png",
         source_bytes=clean_photo_png,
         extra_actions=tuple(actions),
+        soft_bindings=tuple(soft_binding.assertions()) if soft_binding else (),
     )
-    summary = sign_video(unsigned, signed, info, credentials, settings.label)
+    summary, store = sign_video_keeping_store(unsigned, signed, info, credentials, settings.label)
     checked = verify(signed, credentials.trust_anchors_pem)
-    return {**summary, "verification": checked.to_dict(), "development_credentials": credentials.development}
+    summary = {**summary, "verification": checked.to_dict(), "development_credentials": credentials.development}
+    if soft_binding is not None:
+        summary["credential_id"] = soft_binding.credential_id
+        summary["kept_in_repository"] = False
+        if keep is not None and settings.label.keep_manifests:
+            keep(stored_manifest(soft_binding, store, checked, job_id or "", info))
+            summary["kept_in_repository"] = True
+    return summary
+
+
+def stored_manifest(soft: SoftBinding, store: bytes, checked: Any, job_id: str, info: LabelInfo) -> StoredManifest:
+    """What the manifest repository keeps of one signed label."""
+    import datetime as dt
+
+    return StoredManifest(
+        manifest_id=soft.credential_id, job_id=job_id, manifest_store=store, manifest_label=checked.manifest_label,
+        watermark_alg=soft.watermark_alg, watermark_value=soft.watermark_value if soft.watermarked else "",
+        fingerprint_alg=soft.fingerprint_alg, fingerprint=list(soft.fingerprint),
+        digital_source_type=info.digital_source_type, title=info.title, signer=checked.signer,
+        generator=f"{info.generator_name} {info.generator_version}".strip(),
+        created_at=dt.datetime.now(dt.timezone.utc))
 
 
 ANIMATED_TITLE = "Animated photo story video"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import (FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse,
@@ -38,6 +38,7 @@ from pipeline.finish import StoryOptions
 from pipeline.errors import AliveError, ConfigError, InputRejected, TransientError
 from pipeline.jobs import Keys
 from pipeline.storage import LocalStorage
+from service.manifests import open_manifest_repository
 from service.stores import open_job_store
 from workers.attempts import liveness
 from pipeline.settings import Settings, load_settings
@@ -101,6 +102,9 @@ class BodyLimit:
 
 
 OPEN_PATHS = ("/healthz",)  # never limited: liveness probes
+# The manifest resolver (Durable Content Credentials): anyone holding a copy of a video may check
+# it, so no key; read-only, and limited per client address like the other routes without a key.
+PUBLIC_PREFIXES = ("/v1/credentials/",)
 
 
 def _plain_key(headers: dict[bytes, bytes]) -> str | None:
@@ -118,8 +122,9 @@ class Gatekeeper:
 
     ``/v1/...``: the API key is checked (401 otherwise) and its per-key limit applied (429 with
     ``Retry-After``); the key row is handed to the route in ``scope["state"]["api_key"]``. Every
-    other route, and every request with a missing or wrong key, counts against the client
-    address's limit (``api.unauthenticated_rate_per_minute``). The limits live in Redis
+    other route (``/v1/credentials/...``, the public resolver, included), and every request with a
+    missing or wrong key, counts against the client address's limit
+    (``api.unauthenticated_rate_per_minute``). The limits live in Redis
     (service/ratelimit.py), shared by all API processes.
     """
 
@@ -130,7 +135,7 @@ class Gatekeeper:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         try:
-            if scope["path"].startswith("/v1/"):
+            if scope["path"].startswith("/v1/") and not scope["path"].startswith(PUBLIC_PREFIXES):
                 scope.setdefault("state", {})["api_key"] = await self._authenticate(scope)
             else:
                 await self._limit_address(scope)
@@ -221,6 +226,21 @@ class ReviewRequest(BaseModel):
     decision: Literal["restore", "remove"] = Field(..., description="restore: visible again; remove: never served again")
 
 
+KEPT_MESSAGE = ("the signed manifest (a few KB) stays in the manifest repository: it is the record of provenance "
+                "that lets anyone check a copy of the video; DELETE with ?forget_credentials=true removes it too")
+FORGOTTEN_MESSAGE = ("the signed manifest was removed from the manifest repository too: copies of the video can no "
+                     "longer be traced to their Content Credentials")
+NOTHING_KEPT_MESSAGE = "this animation had no signed manifest in the manifest repository"
+
+
+class DeletedAnimation(BaseModel):
+    id: str
+    deleted: list[str] = Field(..., description="what was deleted")
+    kept_manifests: list[str] = Field(..., description="credential ids whose signed manifest stays in the repository")
+    forgotten_manifests: list[str] = Field(..., description="credential ids removed with ?forget_credentials=true")
+    message: str = Field(..., description="what was kept and why")
+
+
 _PATHLIKE = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s/'\"`]+){2,}/?")
 
 
@@ -309,6 +329,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(status, exc.code, public_error({"code": exc.code, "message": exc.message})["message"])
 
     jobs = open_job_store(settings)
+    manifests = open_manifest_repository(settings)
+    app.state.manifests = manifests
     metrics_cache = CachedMetrics(api.metrics_cache_s)
 
     def api_key(request: Request):
@@ -601,11 +623,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(401, "invalid_api_key", "this API key is unknown or revoked")
         return {"webhook_secret": secret}
 
-    @app.delete("/v1/animations/{job_id}", status_code=204, tags=["animations"], responses=ERRORS)
-    def delete_animation(job_id: str, key=Depends(api_key)) -> Response:
+    @app.delete("/v1/animations/{job_id}", tags=["animations"], responses=ERRORS)
+    def delete_animation(job_id: str, key=Depends(api_key), forget_credentials: bool = Query(
+            False, description="also remove the signed manifest from the manifest repository (by default it "
+                               "stays: it is what lets anyone check a copy of the video)")) -> DeletedAnimation:
+        """Delete the job's files, its record, share links, reports and webhook log. The signed
+        manifest (a few KB) stays in the manifest repository unless ``forget_credentials=true``."""
         owned_job(job_id, key)
         jobs.delete_job(job_id)
-        return Response(status_code=204)
+        ids = manifests.for_job(job_id)
+        if forget_credentials:
+            manifests.forget_job(job_id)
+        message = NOTHING_KEPT_MESSAGE if not ids else FORGOTTEN_MESSAGE if forget_credentials else KEPT_MESSAGE
+        return DeletedAnimation(id=job_id, deleted=["video", "poster", "preview", "job record", "share links",
+                                                    "reports", "webhook deliveries"],
+                                kept_manifests=[] if forget_credentials else ids,
+                                forgotten_manifests=ids if forget_credentials else [], message=message)
+
+    _mount_credentials(app, settings, manifests)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
@@ -658,6 +693,234 @@ def _stream(storage, key: str, size: int, media: str, filename: str, range_heade
 def _quota_error(limit: int) -> ApiError:
     return ApiError(429, "too_many_jobs", f"this API key already has {limit} jobs queued or running; "
                     "wait for one to finish", {"Retry-After": "10"})
+
+
+# ------------------------------------------------------------------------------------------------
+# The manifest resolver: Durable Content Credentials, in the shape of the C2PA Soft Binding
+# Resolution API (its OpenAPI: AdobeDocs/cai-soft-binding-api, c2pa-original-soft-binding.json),
+# mounted under /v1/credentials. Public and read-only; limited per client address (Gatekeeper).
+
+MAX_RESULTS = 100
+DECODE_SLOTS = 2  # by-content decodes at once per API process: each keeps a core busy for seconds
+
+
+def _errors(*statuses: int) -> dict[int, dict[str, Any]]:
+    """The error replies a public route documents: its own, plus the Gatekeeper's 429 and 503."""
+    return {s: {"model": ErrorResponse} for s in (*statuses, 429, 503)}
+
+
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,5}")
+
+
+class BindingQuery(BaseModel):
+    alg: str = Field(..., max_length=100, description="soft binding algorithm, e.g. com.alive.watermark.1")
+    value: str = Field(..., max_length=4096, description="base64 value of the soft binding, as in the manifest")
+
+
+class SoftBindingMatch(BaseModel):
+    manifestId: str = Field(..., description="the credential id: fetch it from /v1/credentials/manifests/{manifestId}")
+    similarityScore: int = Field(..., ge=0, le=100, description="strength of the match, 0 (weakest) to 100")
+
+
+class SoftBindingQueryResult(BaseModel):
+    matches: list[SoftBindingMatch]
+
+
+class AlgorithmName(BaseModel):
+    alg: str
+
+
+class SupportedAlgorithms(BaseModel):
+    watermarks: list[AlgorithmName]
+    fingerprints: list[AlgorithmName]
+
+
+class ManifestSummary(BaseModel):
+    manifest_id: str
+    job_id: str
+    created_at: str | None = Field(..., description="when the manifest was signed (UTC, ISO 8601)")
+    digital_source_type: str | None
+    source_type: str | None = Field(..., description="the IPTC name of the digital source type")
+    ai_generated: bool = Field(..., description="whether the source type says a trained model made the media")
+    title: str | None
+    signer: str | None = Field(..., description="who signed it (the certificate's subject)")
+    generator: str | None = Field(..., description="the claim generator: the software that made the video")
+    manifest_label: str | None
+    watermark_alg: str
+    fingerprint_alg: str
+    size_bytes: int
+    manifest_url: str
+
+
+def _matches(found: list[tuple[str, float]]) -> SoftBindingQueryResult:
+    return SoftBindingQueryResult(matches=[SoftBindingMatch(manifestId=mid, similarityScore=round(100 * min(1.0, score)))
+                                           for mid, score in found])
+
+
+def _summary(manifest) -> ManifestSummary:
+    from pipeline.provenance import is_ai_generated, source_type_name
+
+    return ManifestSummary(
+        manifest_id=manifest.manifest_id, job_id=manifest.job_id,
+        created_at=manifest.created_at.isoformat() if manifest.created_at else None,
+        digital_source_type=manifest.digital_source_type, source_type=source_type_name(manifest.digital_source_type),
+        ai_generated=is_ai_generated(manifest.digital_source_type), title=manifest.title, signer=manifest.signer,
+        generator=manifest.generator, manifest_label=manifest.manifest_label, watermark_alg=manifest.watermark_alg,
+        fingerprint_alg=manifest.fingerprint_alg, size_bytes=len(manifest.manifest_store),
+        manifest_url=f"/v1/credentials/manifests/{manifest.manifest_id}")
+
+
+def _find_by_binding(repository, alg: str, value: str, limit: int) -> SoftBindingQueryResult:
+    """A watermark value matches exactly (score 100); a fingerprint value by similarity; any other
+    algorithm only exactly (no such binding is stored by alive, so: no matches)."""
+    from pipeline import fingerprint, watermark
+    from service.manifests import fingerprint_from_binding_value
+
+    try:
+        if alg == fingerprint.ALGORITHM:
+            near = repository.by_fingerprint(fingerprint_from_binding_value(value), limit, alg=alg)
+            return _matches([(m.manifest.manifest_id, m.similarity) for m in near])
+        if alg == watermark.ALGORITHM:
+            watermark.credential_id_from_value(value)  # refuses a value no watermark can carry
+    except ValueError as exc:
+        raise ApiError(400, "invalid_binding_value", str(exc)) from None
+    return _matches([(m.manifest_id, 1.0) for m in repository.by_binding(alg, value, limit)])
+
+
+async def _receive_upload(request: Request, limit: int) -> Path:
+    """The uploaded file (multipart field ``file``, or the raw body) in a private temp file, at most
+    ``limit`` bytes. The caller deletes it."""
+    import os
+    import tempfile
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:  # refused before a byte is read
+        raise ApiError(413, "too_large", f"the request body is {int(declared)} bytes; files up to {limit} bytes")
+    content_type = request.headers.get("content-type", "")
+    fd, name = tempfile.mkstemp(prefix="alive-lookup-")  # 0600
+    os.close(fd)
+    path = Path(name)
+    try:
+        if content_type.startswith("multipart/form-data"):
+            path = await _copy_form_file(request, path, limit)
+        else:
+            await _copy_chunks(request.stream(), path, limit)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if path.stat().st_size == 0:
+        path.unlink(missing_ok=True)
+        raise ApiError(400, "empty_upload", "send the video or image as the multipart field 'file' or as the body")
+    return path
+
+
+async def _copy_form_file(request: Request, path: Path, limit: int) -> Path:
+    from starlette.datastructures import UploadFile as StarletteUpload
+
+    async with request.form(max_files=1, max_fields=10) as form:
+        upload = form.get("file")
+        if not isinstance(upload, StarletteUpload):
+            raise ApiError(400, "missing_file", "send the video or image in the multipart field 'file'")
+        suffix = Path(upload.filename or "").suffix
+        if _SUFFIX.fullmatch(suffix):  # a hint for ffmpeg's probe; the content decides
+            path = path.rename(path.with_name(path.name + suffix.lower()))
+
+        async def chunks():
+            while chunk := await upload.read(1 << 20):
+                yield chunk
+
+        await _copy_chunks(chunks(), path, limit)
+    return path
+
+
+async def _copy_chunks(chunks, path: Path, limit: int) -> None:
+    seen = 0
+    async with await anyio.open_file(path, "wb") as out:
+        async for chunk in chunks:
+            seen += len(chunk)
+            if seen > limit:
+                raise ApiError(413, "too_large", f"the file is larger than {limit} bytes")
+            await out.write(chunk)
+
+
+def _mount_credentials(app: FastAPI, settings: Settings, repository) -> None:
+    """The public resolver's routes. Blocking work (the database; the by-content decode, capped at
+    ``DECODE_SLOTS`` at once so a flood of uploads cannot take every worker thread) runs off the
+    event loop."""
+    decode_slots = anyio.CapacityLimiter(DECODE_SLOTS)
+    upload_limit = settings.intake.max_bytes
+    tags = ["credentials"]
+
+    @app.get("/v1/credentials/matches/byBinding", tags=tags, responses=_errors(400, 422))
+    def match_by_binding(alg: str = Query(..., max_length=100), value: str = Query(..., max_length=4096),
+                         max_results: int = Query(10, alias="maxResults", ge=1, le=MAX_RESULTS)
+                         ) -> SoftBindingQueryResult:
+        """Manifests whose soft binding (the watermark's credential id, or a fingerprint) is ``value``."""
+        return _find_by_binding(repository, alg, value, max_results)
+
+    @app.post("/v1/credentials/matches/byBinding", tags=tags, responses=_errors(400, 413, 422))
+    def match_by_large_binding(body: BindingQuery, max_results: int = Query(
+            10, alias="maxResults", ge=1, le=MAX_RESULTS)) -> SoftBindingQueryResult:
+        """The same as GET, for values too long for a URL (a fingerprint)."""
+        return _find_by_binding(repository, body.alg, body.value, max_results)
+
+    @app.post("/v1/credentials/matches/byContent", tags=tags, responses=_errors(400, 413, 415, 422),
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                      "file": {"type": "string", "format": "binary"}}}},
+                  "video/*": {"schema": {"type": "string", "format": "binary"}},
+                  "image/*": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def match_by_content(request: Request, max_results: int = Query(
+            10, alias="maxResults", ge=1, le=MAX_RESULTS)) -> SoftBindingQueryResult:
+        """Upload a video (MP4, MOV, WebM ...) or an image: its watermark and fingerprint are read
+        and looked up. A watermark counts only when the stored fingerprint agrees; without one the
+        fingerprint alone is searched. The file is deleted when the answer is sent."""
+        path = await _receive_upload(request, upload_limit)
+        try:
+            found = await anyio.to_thread.run_sync(_inspect_and_match, repository, path, max_results,
+                                                   limiter=decode_slots)
+        except InputRejected as exc:
+            if exc.code == "not_a_video":
+                raise ApiError(415, exc.code, "this is not a video or image alive can read (MP4, MOV, WebM, "
+                               "JPEG, PNG, WebP ...)") from None
+            raise
+        finally:
+            path.unlink(missing_ok=True)
+        return _matches([(m.manifest.manifest_id, m.similarity) for m in found])
+
+    @app.get("/v1/credentials/manifests/{manifestId}", tags=tags, response_class=Response,
+             responses={200: {"description": "the signed manifest store (or its summary with format=json)",
+                              "content": {"application/c2pa": {"schema": {"type": "string", "format": "binary"}},
+                                          "application/json": {"schema": ManifestSummary.model_json_schema()}}},
+                        **_errors(400, 404, 422)})
+    def get_manifest(manifestId: str, as_format: Literal["c2pa", "json"] = Query(  # noqa: N803 - the API's name
+            "c2pa", alias="format", description="c2pa: the manifest store bytes (application/c2pa); json: a summary")):
+        from service.manifests import is_credential_id
+
+        manifest_id = manifestId.lower()
+        if not is_credential_id(manifest_id):
+            raise ApiError(400, "invalid_manifest_id", "a manifest id is a credential id: 12 hex digits")
+        manifest = repository.get(manifest_id)
+        if manifest is None:
+            raise ApiError(404, "not_found", f"no manifest {manifest_id}")
+        if as_format == "json":
+            return JSONResponse(_summary(manifest).model_dump())
+        return Response(manifest.manifest_store, media_type="application/c2pa",
+                        headers={"Content-Disposition": f'attachment; filename="{manifest_id}.c2pa"'})
+
+    @app.get("/v1/credentials/services/supportedAlgorithms", tags=tags, responses=_errors())
+    def supported_algorithms() -> SupportedAlgorithms:
+        from pipeline import fingerprint, watermark
+
+        return SupportedAlgorithms(watermarks=[AlgorithmName(alg=watermark.ALGORITHM)],
+                                   fingerprints=[AlgorithmName(alg=fingerprint.ALGORITHM)])
+
+
+def _inspect_and_match(repository, path: Path, limit: int):
+    """Decode the file's soft bindings and look them up (CPU-heavy: runs in a worker thread)."""
+    from pipeline.softbinding import inspect_file, lookup
+
+    return lookup(inspect_file(path), repository, limit)
 
 
 DOCS_PAGE = """<!doctype html>

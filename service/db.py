@@ -1,4 +1,4 @@
-"""The database: API keys, job rows, share links, abuse reports and webhook deliveries.
+"""The database: API keys, job rows, share links, abuse reports, webhook deliveries and signed manifests.
 
 SQLite (one file, the default: ``<data_dir>/alive.db``) or PostgreSQL, through SQLAlchemy 2 and
 Alembic migrations that live in this package (``service/migrations``; no ``alembic.ini`` needed).
@@ -36,7 +36,9 @@ from sqlalchemy import (
     DateTime,
     Engine,
     ForeignKey,
+    Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -61,7 +63,7 @@ from pipeline.jobs import JobRecord, JobStore
 from pipeline.storage import Storage
 
 __all__ = [
-    "AbuseReport", "ApiKey", "Base", "IntegrityError", "Job", "QuotaExceeded", "ShareLink", "SqlJobStore",
+    "AbuseReport", "ApiKey", "Base", "IntegrityError", "Job", "Manifest", "QuotaExceeded", "ShareLink", "SqlJobStore",
     "WebhookDelivery", "add_report", "attach_job", "count_active_jobs", "count_reports", "create_api_key",
     "create_share", "database_url", "dispose_engines", "find_api_key", "find_by_idempotency", "get_job",
     "get_share", "has_live_keys", "insert_job_within_quota", "list_api_keys", "list_reports", "make_engine",
@@ -199,6 +201,31 @@ class WebhookDelivery(Base):
     delivered: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+
+class Manifest(Base):
+    """A signed manifest store kept for Durable Content Credentials (service/manifests.py).
+
+    No foreign key to ``jobs``: the manifest is the record of provenance and outlives the job row
+    (DELETE of a job keeps it unless asked), and CLI jobs kept as JSON files have no row at all.
+    """
+
+    __tablename__ = "manifests"
+    __table_args__ = (Index("ix_manifests_watermark_alg_watermark_value", "watermark_alg", "watermark_value"),)
+
+    manifest_id: Mapped[str] = mapped_column(String(12), primary_key=True)  # the credential id, 12 hex digits
+    job_id: Mapped[str] = mapped_column(String(32), index=True)
+    manifest_store: Mapped[bytes] = mapped_column(LargeBinary)  # the .c2pa bytes (application/c2pa), a few KB
+    manifest_label: Mapped[str | None] = mapped_column(String(255))
+    watermark_alg: Mapped[str] = mapped_column(String(100))
+    watermark_value: Mapped[str] = mapped_column(String(255))
+    fingerprint_alg: Mapped[str] = mapped_column(String(100))
+    fingerprint: Mapped[str] = mapped_column(Text)  # JSON list of hex hashes, written by service/manifests.py
+    digital_source_type: Mapped[str | None] = mapped_column(String(255))
+    title: Mapped[str | None] = mapped_column(String(500))
+    signer: Mapped[str | None] = mapped_column(String(500))
+    generator: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -397,6 +424,13 @@ def migrate(url: str) -> None:
     Safe when several processes call it at once: they take turns on a lock held for the whole
     upgrade transaction (PostgreSQL: an advisory lock; SQLite: the database's write lock, taken by
     BEGIN IMMEDIATE), and DDL is transactional on both, so a loser sees the finished schema.
+
+    On SQLite, foreign keys are off while migrating (and checked before the commit): Alembic's
+    batch mode rebuilds a table by copy, drop and rename, and a drop with foreign keys on runs the
+    ON DELETE actions of the rows pointing at it. 0002 rebuilds ``api_keys``: every job's key
+    became NULL (its owner got 404 from then on); a rebuild of ``jobs`` would delete every share
+    link, report and delivery. The pragma only takes effect outside a transaction, so it is set
+    on the raw connection before BEGIN.
     """
     from alembic import command
     from alembic.config import Config
@@ -404,11 +438,29 @@ def migrate(url: str) -> None:
     binds = _binds(url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
-    with _MIGRATE_LOCK, binds.writer.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(select(func.pg_advisory_xact_lock(_MIGRATE_LOCK_ID)))
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    with _MIGRATE_LOCK, binds.writer.connect() as connection:
+        raw = connection.connection.driver_connection if connection.dialect.name == "sqlite" else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with connection.begin():
+                if raw is None:
+                    connection.execute(select(func.pg_advisory_xact_lock(_MIGRATE_LOCK_ID)))
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                if raw is not None:
+                    _check_foreign_keys(connection)
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys = ON")
+
+
+def _check_foreign_keys(connection: Any) -> None:
+    """Refuse (roll back) a SQLite migration that left a row pointing at nothing."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise ConfigError(f"migrating the database would break {len(broken)} foreign keys (first: {broken[0]}); "
+                          "nothing was changed", code="migration_failed")
 
 
 def ping(url: str) -> bool:

@@ -55,6 +55,11 @@ OPERATIONS = [
     ("POST", "/v1/webhook-secret"),
     ("GET", "/s/{token}"),
     ("POST", "/s/{token}/reports"),
+    ("GET", "/v1/credentials/matches/byBinding"),
+    ("POST", "/v1/credentials/matches/byBinding"),
+    ("POST", "/v1/credentials/matches/byContent"),
+    ("GET", "/v1/credentials/manifests/{manifestId}"),
+    ("GET", "/v1/credentials/services/supportedAlgorithms"),
 ]
 # Negative (schema-invalid) data only where there is a body: the other operations have nothing but
 # free-form path strings and the pinned key headers, so no invalid request can be made for them.

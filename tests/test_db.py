@@ -19,7 +19,7 @@ from pipeline.storage import LocalStorage
 from service import db
 
 PG = {"host": "127.0.0.1", "port": 5432, "dbname": "postgres", "connect_timeout": 3}
-TABLES = {"alembic_version", "api_keys", "jobs", "share_links", "reports", "webhook_deliveries"}
+TABLES = {"alembic_version", "api_keys", "jobs", "share_links", "reports", "webhook_deliveries", "manifests"}
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +91,7 @@ def test_default_url_is_sqlite_in_the_data_dir(tmp_path):
 def test_migrate_twice_is_a_no_op_and_matches_the_models(url):
     db.migrate(url)
     first = _schema(url)
-    assert first == (TABLES, ["0002"], [])  # no drift between the migration and the models
+    assert first == (TABLES, ["0003"], [])  # no drift between the migration and the models
     db.migrate(url)
     assert _schema(url) == first
 
@@ -146,7 +146,7 @@ def test_processes_migrate_at_once_and_lose_no_update(settings, url):
     for p in procs:
         p.join(timeout=60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    assert _schema(url)[:2] == (TABLES, ["0002"])
+    assert _schema(url)[:2] == (TABLES, ["0003"])
     store = db.SqlJobStore(LocalStorage(settings.store_root), settings)
     assert len(store.load("shared").timings_s) == 40
 

@@ -175,6 +175,7 @@ class Batch:
         from concurrent.futures import ThreadPoolExecutor
 
         from pipeline import run
+        from service.stores import manifest_keeper
 
         settings = self.settings
         if self.engine:
@@ -182,6 +183,7 @@ class Batch:
         todo = self._skip_finished()
         size = settings.performance.batch_clips
         lock = threading.Lock()
+        keep = manifest_keeper(settings)
         began, generating = time.perf_counter(), 0.0
 
         def update(row: Row, **values) -> None:
@@ -213,7 +215,8 @@ class Batch:
                     try:
                         job = run.start(Path(row.input), Path(row.output), settings, self.options,
                                         prompt=self.prompt, story=self.story, poster=Path(row.poster),
-                                        preview=Path(row.preview), report=Path(row.report), notes=row.notes)
+                                        preview=Path(row.preview), report=Path(row.report), notes=row.notes,
+                                        keep_manifest=keep)
                     except AliveError as exc:
                         failed(row, exc, started)
                         continue

@@ -30,13 +30,14 @@ from celery.exceptions import Ignore
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
-from pipeline import stages
+from pipeline import stages, watermark
 from pipeline.engines import GenerationOptions
 from pipeline.errors import (AliveError, ConfigError, GenerationFailed, InputRejected, ModerationBlocked, StorageFull,
                              TransientError, is_disk_full)
 from pipeline.finish import StoryOptions, story_settings
 from pipeline.jobs import JobRecord, Keys, cleanup, status_for
 from pipeline.settings import Settings
+from pipeline.softbinding import SoftBinding
 from pipeline.storage import Storage
 from service.stores import open_job_store
 from workers import attempts
@@ -54,6 +55,13 @@ class Context:
         self.settings = current_settings()
         self.jobs = open_job_store(self.settings)
         self.storage: Storage = self.jobs.storage
+
+    @property
+    def manifests(self):
+        """The manifest repository (the job database): opened on first use, by the label task only."""
+        from service.manifests import open_manifest_repository
+
+        return open_manifest_repository(self.settings)
 
     @contextmanager
     def scratch(self, job_id: str) -> Iterator[Path]:
@@ -356,9 +364,11 @@ def encode(self, job_id: str) -> str:
             finish_s = round(time.perf_counter() - started, 4)
             audio = ctx.storage.readable_path(keys.audio, tmp) if ctx.storage.exists(keys.audio) else None
             encoded = stages.encode(finished, tmp / "unsigned.mp4", tmp / "poster.jpg", tmp / "preview.webp",
-                                    settings, audio_file=audio, progress=progress)
+                                    settings, audio_file=audio, progress=progress,
+                                    credential_id=watermark.credential_id_for(job_id))
             attempt.fence()
             ctx.jobs.update(job_id, outputs=stages.outputs_summary(encoded.video), audio=encoded.audio,
+                            credential=encoded.soft_binding.to_dict() if encoded.soft_binding else None,
                             finish={**finished.record, "c2pa_actions": finished.actions + encoded.actions},
                             timings_s={"finish": finish_s})
             ctx.storage.put_file(keys.poster, tmp / "poster.jpg")
@@ -380,7 +390,9 @@ def label(self, job_id: str) -> str:
             summary = stages.label(ctx.storage.readable_path(keys.unsigned, tmp), tmp / "story.mp4",
                                    ctx.storage.get_bytes(keys.clean), record.software_agent,
                                    settings, (record.finish or {}).get("c2pa_actions", ()),
-                                   source_type=stages.digital_source_type(settings, record.engine))
+                                   source_type=stages.digital_source_type(settings, record.engine),
+                                   soft_binding=SoftBinding.from_dict(record.credential) if record.credential else None,
+                                   job_id=job_id, keep=ctx.manifests.add)
             attempt.fence()
             ctx.jobs.update(job_id, c2pa=summary)
             ctx.storage.put_file(keys.video, tmp / "story.mp4")
