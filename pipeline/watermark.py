@@ -61,9 +61,10 @@ SYNC_CELLS = CELLS * CELLS // 4  # 256 (measured: 128 made the scale search miss
 CELLS_PER_BIT = (CELLS * CELLS - SYNC_CELLS) // CODE_BITS  # 8
 STRENGTH = 2.5  # luma levels (0..255) at average texture
 ISS_GAIN = 1.25  # informed embedding: how much of the picture's push against a bit is made up (measured)
-ISS_RANGE = (0.5, 3.0)  # a bit's amplitude stays within 0.5x..3x the plain one
+ISS_RANGE = (0.5, 2.0)  # a bit's amplitude stays within 0.5x..2x the plain one
+MAX_OFFSET = 3.5  # per unit of mask: no pixel moves more than 3.5 levels x its texture (a mottle showed on coffee crema above)
 MASK_EVERY = 3  # frames that share one texture mask (the story moves a few px per frame)
-MASK_RANGE = (0.45, 1.9)  # texture masking: flat areas get 0.45x the strength, busy ones up to 1.9x
+MASK_RANGE = (0.15, 1.8)  # texture masking: flat areas get 0.15x the strength (0.45x showed as a mottle on a plain wall), busy ones up to 1.8x
 DECODE_CELL_PX = 2  # working resolution of the detector: 2 px per cell
 DECODE_SHORT_SIDE = CELL_DIVISOR * DECODE_CELL_PX  # 540
 PERIOD = CELLS * DECODE_CELL_PX  # 64 px at the working resolution
@@ -258,6 +259,8 @@ def embed(frames, credential_id: str, strength: float = STRENGTH):
         gain = np.maximum(marked - host, 1e-3)  # what the mark adds, per bit
         bit_gain = np.clip(1.0 + ISS_GAIN * (np.median(gain) - host - gain) / gain, *ISS_RANGE)
         delta = cv2.multiply(_pattern(credential_id, height, width, bit_gain) * np.float32(strength), mask)
+        cap = mask * np.float32(MAX_OFFSET)
+        np.clip(delta, -cap, cap, out=delta)
         frame[...] = cv2.add(frame, cv2.merge([delta, delta, delta]), dtype=cv2.CV_8U)
     return frames
 
