@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.s3_server"]
+pytest_plugins = ["tests.s3_server", "tests.pg_fixtures"]
 _SESSION_DATA = Path(tempfile.mkdtemp(prefix="alive-test-data-"))
 os.environ["ALIVE_DATA_DIR"] = str(_SESSION_DATA)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: nothing in the tests may reach a hub

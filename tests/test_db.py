@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import multiprocessing
-import secrets
 
 import pytest
 from sqlalchemy import func, inspect, select, text
@@ -18,24 +17,8 @@ from pipeline.settings import load_settings
 from pipeline.storage import LocalStorage
 from service import db
 
-PG = {"host": "127.0.0.1", "port": 5432, "dbname": "postgres", "connect_timeout": 3}
+from tests.pg_fixtures import fresh_database
 TABLES = {"alembic_version", "api_keys", "jobs", "share_links", "reports", "webhook_deliveries", "manifests"}
-
-
-@pytest.fixture(scope="session")
-def pg_user() -> str:
-    """A PostgreSQL role that can create databases, or a skip saying why there is none."""
-    import psycopg
-
-    errors = []
-    for user in ("postgres", "root"):
-        try:
-            with psycopg.connect(user=user, autocommit=True, **PG) as conn:
-                conn.execute("SELECT 1")
-            return user
-        except psycopg.Error as exc:
-            errors.append(f"{user}: {str(exc).strip().splitlines()[0]}")
-    pytest.skip(f"PostgreSQL at {PG['host']}:{PG['port']} did not answer ({'; '.join(errors)})")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -45,19 +28,8 @@ def settings(request, tmp_path):
         yield load_settings(data_dir=tmp_path, jobs={"store": "database"})  # database_url None: <data_dir>/alive.db
         db.dispose_engines()
         return
-    import psycopg
-
-    user = request.getfixturevalue("pg_user")
-    name = f"alive_test_{secrets.token_hex(6)}"
-    with psycopg.connect(user=user, autocommit=True, **PG) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield load_settings(data_dir=tmp_path, jobs={
-            "store": "database", "database_url": f"postgresql+psycopg://{user}@{PG['host']}:{PG['port']}/{name}"})
-    finally:
-        db.dispose_engines()
-        with psycopg.connect(user=user, autocommit=True, **PG) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(request.getfixturevalue("pg_user"), "alive_test") as url:
+        yield load_settings(data_dir=tmp_path, jobs={"store": "database", "database_url": url})
 
 
 @pytest.fixture

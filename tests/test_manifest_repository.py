@@ -17,24 +17,9 @@ from pipeline.settings import load_settings
 from service import db, manifests
 from service.manifests import DatabaseManifestRepository, fingerprint_binding_value, open_manifest_repository
 
-PG = {"host": "127.0.0.1", "port": 5432, "dbname": "postgres", "connect_timeout": 3}
+from tests.pg_fixtures import fresh_database
 HEAD = "0003"
 T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def pg_user() -> str:
-    import psycopg
-
-    errors = []
-    for user in ("postgres", "root"):
-        try:
-            with psycopg.connect(user=user, autocommit=True, **PG) as conn:
-                conn.execute("SELECT 1")
-            return user
-        except psycopg.Error as exc:
-            errors.append(f"{user}: {str(exc).strip().splitlines()[0]}")
-    pytest.skip(f"PostgreSQL at {PG['host']}:{PG['port']} did not answer ({'; '.join(errors)})")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -44,19 +29,8 @@ def settings(request, tmp_path):
         yield load_settings(data_dir=tmp_path)  # <data_dir>/alive.db
         db.dispose_engines()
         return
-    import psycopg
-
-    user = request.getfixturevalue("pg_user")
-    name = f"alive_manifests_{secrets.token_hex(6)}"
-    with psycopg.connect(user=user, autocommit=True, **PG) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield load_settings(data_dir=tmp_path, jobs={
-            "database_url": f"postgresql+psycopg://{user}@{PG['host']}:{PG['port']}/{name}"})
-    finally:
-        db.dispose_engines()
-        with psycopg.connect(user=user, autocommit=True, **PG) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(request.getfixturevalue("pg_user"), "alive_manifests") as url:
+        yield load_settings(data_dir=tmp_path, jobs={"database_url": url})
 
 
 @pytest.fixture
