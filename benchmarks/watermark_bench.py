@@ -919,7 +919,7 @@ def fingerprint_variants(story: np.ndarray, copies: dict[str, np.ndarray], clean
     for name, hash_size, dct_size, centre in variants:
         def hashes(sampled: np.ndarray) -> list[str]:
             if not hash_size:
-                return [fp.frame_hash(f) for f in sampled]
+                return [h for f in sampled for h in fp.frame_hashes(f)]
             return [fp._hex(fp._bits(f, hash_size, dct_size, centre)) for f in sampled]
         compare = fp.similarity if not hash_size else _plain_similarity
         reference = hashes(story)

@@ -6,9 +6,12 @@ the manifest, confirms a recovered id by content (and finds a manifest when the 
 How it works:
 - ``SAMPLES`` frames are taken at fixed *fractions of the duration* (the middles of ``SAMPLES``
   equal slices), so a copy at another frame rate (30 -> 24 or 15 fps) samples the same moments.
-- Each sampled frame gives one entry: three 64-bit DCT pHashes of its luma, of the whole frame and
-  of its middle 95 % and 90 % (``SCALES``), 48 hex digits. A pHash: the region shrunk (area
-  average) to 32x32, DCT-transformed, the 8x8 lowest frequencies compared with their median. Low
+- Each sampled frame gives three 64-bit DCT pHashes of its luma: of the whole frame and of its
+  middle 95 % and 90 % (``SCALES``), 16 hex digits each. The fingerprint is the flat list, frame
+  by frame (8 frames -> 24 hashes: frame 0 whole, 95 %, 90 %, frame 1 whole, ...), so every string
+  is one 64-bit hash and the bytes of the list split back into it 8 bytes at a time. A pHash: the
+  region shrunk (area average) to 32x32, DCT-transformed, the 8x8 lowest frequencies compared with
+  their median. Low
   frequencies survive re-encoding, downscaling, brightness / contrast / gamma; the median split
   makes the bits independent of overall brightness and contrast.
 - ``similarity`` is 1 - the mean Hamming distance / 64 over the aligned samples (1.0 identical,
@@ -19,7 +22,7 @@ How it works:
 
 Why not one hash of the middle 80 %: measured on 7 stories (benchmarks/RESULTS.md, "fingerprint
 variants"), a single-region hash loses 10-40 % of its bits under a 10 % crop (the content's
-position and scale in the hashed region change); the three-region entry keeps crops at >= 0.94
+position and scale in the hashed region change); the three-region hashes keep crops at >= 0.94
 while unrelated videos stay <= ~0.70. A 256-bit hash (16x16 of a 64x64 DCT) separated worse (its
 higher frequencies move under a crop). Only numpy and OpenCV are used; 8 sampled 1080x1920 frames
 take ~10 ms (the luma of each, one area shrink by a whole factor, then three 32x32 regions of it).
@@ -32,13 +35,13 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["ALGORITHM", "MATCH_THRESHOLD", "SAMPLES", "SCALES", "fingerprint", "frame_hash", "sample_indices",
-           "similarity"]
+__all__ = ["ALGORITHM", "HASH_SIZE", "MATCH_THRESHOLD", "SAMPLES", "SCALES", "fingerprint", "frame_hashes",
+           "sample_indices", "similarity"]
 
 ALGORITHM = "com.alive.fingerprint.1"
 SAMPLES = 8  # frames hashed per video
 SCALES = (1.0, 0.95, 0.9)  # regions hashed per frame: the whole frame, its middle 95 % and 90 %
-HASH_SIZE = 8  # 8x8 DCT coefficients -> 64 bits per region
+HASH_SIZE = 8  # 8x8 DCT coefficients -> 64 bits (8 bytes, 16 hex digits) per hash
 DCT_SIZE = 32  # a region is shrunk to 32x32 before the DCT
 WORK_SHORT_SIDE = 128  # a frame's luma is first area-shrunk by a whole factor to a short side of >= 128
 HASH_BITS = HASH_SIZE * HASH_SIZE
@@ -110,31 +113,32 @@ def _hex(bits: np.ndarray) -> str:
     return np.packbits(bits.astype(np.uint8)).tobytes().hex()
 
 
-def frame_hash(frame: np.ndarray) -> str:
-    """One frame's entry: its ``SCALES`` 64-bit pHashes, 16 hex digits each, concatenated."""
-    return _hex(_entry_bits(frame))
+def frame_hashes(frame: np.ndarray) -> list[str]:
+    """One frame's ``SCALES`` 64-bit pHashes (whole frame, middle 95 %, middle 90 %), 16 hex digits each."""
+    return [_hex(bits) for bits in _entry_bits(frame).reshape(len(SCALES), HASH_BITS)]
 
 
 def fingerprint(frames: Sequence[np.ndarray] | np.ndarray) -> list[str]:
-    """Entries of ``SAMPLES`` frames sampled at fixed fractions of the duration, hex strings.
+    """The hashes of ``SAMPLES`` frames sampled at fixed fractions of the duration, hex strings:
+    ``len(SCALES)`` per frame (whole frame, middle 95 %, middle 90 %), frame after frame.
 
     ``frames``: (N, H, W, 3) uint8 RGB, a sequence of (H, W, 3) frames, or one image (H, W, 3) /
-    (H, W) (one entry). Fewer than ``SAMPLES`` frames -> one entry per frame. Each entry is
-    ``len(SCALES)`` 64-bit pHashes (whole frame, middle 95 %, middle 90 %), 48 hex digits.
+    (H, W) (one frame's hashes). Fewer than ``SAMPLES`` frames -> every frame.
     """
     if isinstance(frames, np.ndarray):
         if frames.ndim == 2 or (frames.ndim == 3 and frames.shape[-1] in (3, 4)):
-            return [frame_hash(frames)]  # one image (a grey video (N, H, W) has no colour axis)
+            return frame_hashes(frames)  # one image (a grey video (N, H, W) has no colour axis)
         if frames.ndim not in (3, 4):
             raise ValueError(f"frames must be (N, H, W, 3), (H, W, 3) or (H, W), got shape {frames.shape}")
     count = len(frames)
     if count == 0:
         raise ValueError("cannot fingerprint an empty video (no frames)")
-    return [frame_hash(frames[i]) for i in sample_indices(count)]
+    return [h for i in sample_indices(count) for h in frame_hashes(frames[i])]
 
 
 def _to_bits(hashes: Sequence[str]) -> np.ndarray:
-    """(entries, regions, 64) booleans."""
+    """(frames, regions, 64) booleans: groups of ``len(SCALES)`` hashes when the count allows,
+    else one hash per frame (a plain pHash list)."""
     try:
         raw = [np.unpackbits(np.frombuffer(bytes.fromhex(h), dtype=np.uint8)) for h in hashes]
     except (ValueError, TypeError) as exc:
@@ -144,8 +148,10 @@ def _to_bits(hashes: Sequence[str]) -> np.ndarray:
         raise ValueError(f"the entries of a fingerprint must all have the same length, got {sorted(lengths)} bits")
     bits = lengths.pop()
     if bits == 0 or bits % HASH_BITS:
-        raise ValueError(f"a fingerprint entry is a multiple of {HASH_BITS} bits, got {bits}")
-    return np.stack(raw).astype(bool).reshape(len(raw), bits // HASH_BITS, HASH_BITS)
+        raise ValueError(f"a fingerprint hash is a multiple of {HASH_BITS} bits, got {bits}")
+    flat = np.stack(raw).astype(bool).reshape(-1, HASH_BITS)
+    regions = len(SCALES) if len(flat) % len(SCALES) == 0 else 1
+    return flat.reshape(len(flat) // regions, regions, HASH_BITS)
 
 
 def _resample(bits: np.ndarray, count: int) -> np.ndarray:
@@ -165,10 +171,11 @@ def similarity(a: Sequence[str], b: Sequence[str], max_shift: int = 0) -> float:
     one with the middle 95 % / 90 % of the other: a cropped copy).
 
     Fingerprints of different lengths (a short clip, an image) are compared at the same fractions
-    of the duration; a one-entry fingerprint (an image) takes its best match among the other's.
+    of the duration; a one-frame fingerprint (an image) takes its best match among the other's.
     ``max_shift`` > 0 also tries shifting one against the other by up to that many samples (for a
     trimmed copy) and keeps the best alignment that still overlaps in at least half the samples.
-    Entries with fewer regions (an older single-hash fingerprint) compare on what both have.
+    A plain list of one hash per frame (its length no multiple of ``len(SCALES)``) compares on
+    the whole-frame hashes.
     """
     if not a or not b:
         return 0.0

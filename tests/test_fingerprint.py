@@ -76,9 +76,12 @@ def original(tmp_path_factory) -> tuple[np.ndarray, Path]:
 def test_shape_of_a_fingerprint():
     frames = story_like("coffee.jpg", frames=20)
     hashes = fp.fingerprint(frames)
-    assert len(hashes) == fp.SAMPLES == 8
-    # per sampled frame: three 64-bit pHashes (whole frame, middle 95 %, middle 90 %) as 48 hex digits
-    assert all(len(h) == 16 * len(fp.SCALES) == 48 and int(h, 16) >= 0 for h in hashes)
+    # per sampled frame three 64-bit pHashes (whole frame, middle 95 %, middle 90 %), 16 hex digits each
+    assert len(hashes) == fp.SAMPLES * len(fp.SCALES) == 24
+    assert all(len(h) == 16 and int(h, 16) >= 0 for h in hashes)
+    # the bytes of the list split back into the same hashes 8 bytes at a time (the binding value)
+    raw = b"".join(bytes.fromhex(h) for h in hashes)
+    assert [raw[i:i + 8].hex() for i in range(0, len(raw), 8)] == hashes
     assert fp.fingerprint(frames) == hashes  # deterministic
     assert fp.fingerprint(list(frames)) == hashes  # a list of frames is the same as the array
     assert fp.similarity(hashes, hashes) == 1.0
@@ -99,10 +102,11 @@ def test_samples_sit_at_fixed_fractions_of_the_duration():
 def test_an_image_has_one_hash_and_matches_its_video():
     frames = story_like("coffee.jpg", frames=16)
     image = fp.fingerprint(frames[8])
-    assert len(image) == 1
+    assert image == fp.frame_hashes(frames[8]) and len(image) == len(fp.SCALES)
     assert fp.similarity(image, fp.fingerprint(frames)) > 0.9  # best match among the video's samples
     grey = cv2.cvtColor(frames[8], cv2.COLOR_RGB2GRAY)
     assert fp.similarity(fp.fingerprint(grey), image) > 0.95  # the hash is of the luma
+    assert fp.fingerprint(frames[:5]) == [h for f in frames[:5] for h in fp.frame_hashes(f)]  # few frames: all
 
 
 def test_the_same_label_on_different_pictures_does_not_make_them_match():
@@ -120,7 +124,7 @@ def test_a_crop_is_matched_by_the_inner_regions():
         dy, dx = round(h * share / 2), round(w * share / 2)
         cropped = np.stack([cv2.resize(f[dy:h - dy, dx:w - dx], (w, h), interpolation=cv2.INTER_AREA) for f in frames])
         mine, theirs = fp.fingerprint(frames), fp.fingerprint(cropped)
-        whole_only = fp.similarity([x[:16] for x in mine], [x[:16] for x in theirs])  # one region, as a plain pHash
+        whole_only = fp.similarity(mine[::3], theirs[::3])  # whole-frame hashes only, as plain pHashes
         assert fp.similarity(mine, theirs) >= max(0.95, whole_only)
         assert fp.similarity(theirs, mine) == fp.similarity(mine, theirs)  # either way round
 
@@ -171,7 +175,10 @@ def test_similarity_with_a_trimmed_copy_and_other_lengths():
     trimmed = fp.fingerprint(frames[5:])  # the first 1/8 cut away: samples move by under one slot
     assert fp.similarity(full, trimmed, max_shift=1) >= fp.similarity(full, trimmed)
     # a shorter fingerprint is compared with the samples at the same fractions of the duration
-    assert fp.similarity(full, [full[1], full[3], full[5], full[7]]) == 1.0
+    frames_ = [full[i:i + 3] for i in range(0, len(full), 3)]
+    assert fp.similarity(full, [h for i in (1, 3, 5, 7) for h in frames_[i]]) == 1.0
+    # a plain list of one hash per frame (length no multiple of 3) compares whole-frame hashes
+    assert fp.similarity(full[::3], full[::3]) == 1.0
     assert fp.similarity(full, []) == 0.0
 
 
@@ -183,7 +190,7 @@ def test_bad_input_is_refused_with_what_was_got():
     with pytest.raises(ValueError, match="hex"):
         fp.similarity(["zz"], ["00"])
     with pytest.raises(ValueError, match="same length"):
-        fp.similarity(["00" * 8, "00" * 24], ["00" * 24])
+        fp.similarity(["00" * 8, "00" * 16], ["00" * 8])
     with pytest.raises(ValueError, match="multiple of 64"):
         fp.similarity(["00" * 3], ["00" * 3])
     with pytest.raises(ValueError, match="shape"):

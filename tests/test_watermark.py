@@ -72,6 +72,19 @@ def test_embedding_is_invisible_by_psnr_and_weak_on_flat_areas(marked):
     assert np.abs(flat.astype(int) - 128).max() <= 2
 
 
+def test_a_looped_story_s_repeated_frames_are_marked_once():
+    """A pingpong story is a list of views: frame k and frame N-k share one buffer. Each buffer
+    gets the mark once, exactly as if the frames were distinct."""
+    cid = "a1b2c3d4e5f6"
+    clip = story_frames(6, size=(270, 480))
+    clean = clip.copy()
+    looped = [clip[i] for i in (0, 1, 2, 3, 4, 5, 4, 3, 2, 1)]
+    wm.embed(looped, cid)
+    once = clean.copy()
+    wm.embed(once, cid)
+    assert np.array_equal(clip, once)
+
+
 def test_the_mark_decodes_from_frames_and_from_the_encoded_video(marked, tmp_path):
     cid, _, frames, video = marked
     direct = wm.detect(list(frames))
