@@ -170,9 +170,14 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--broker-restarts", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--keep", type=Path, help="run in this folder and keep it (the workers' logs)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="alive-chaos-") as tmp:
-        summary = run(args.broker, args.jobs, args.kills, args.broker_restarts, Path(tmp))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        summary = run(args.broker, args.jobs, args.kills, args.broker_restarts, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="alive-chaos-") as tmp:
+            summary = run(args.broker, args.jobs, args.kills, args.broker_restarts, Path(tmp))
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:
