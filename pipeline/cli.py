@@ -224,12 +224,13 @@ def verify(
 
         from pipeline.provenance import NOT_MEDIA, NOT_MEDIA_CODE
         from pipeline.recovery import check_file
+        from pipeline.softbinding import detectors
         from service.stores import existing_manifest_repository
 
         settings = _settings(config)
         anchors = _trust_anchors(trust, config)
         checked = check_file(file, anchors, existing_manifest_repository(settings),
-                             resolver or settings.label.resolver_url)
+                             resolver or settings.label.resolver_url, readers=detectors(settings))
         result = checked.embedded
         if json_out:
             doc = checked.to_dict()
@@ -343,12 +344,30 @@ def moderate(
 
 @models_app.command("pull")
 def models_pull(
-    model: str = typer.Argument("stabilityai/stable-video-diffusion-img2vid-xt", help="Hub model id."),
+    model: str = typer.Argument("stabilityai/stable-video-diffusion-img2vid-xt",
+                                help="Hub model id, or `trustmark` (Adobe TrustMark Q watermark weights)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Commit or tag to fetch."),
     variant: Optional[str] = typer.Option("fp16", "--variant", help="Weights variant ('' for full precision)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where to put it [hub default]."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where to put it [hub default; "
+                                             "trustmark: the settings' model cache]."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file (trustmark)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", hidden=True),  # trustmark: a mirror, tests
 ) -> None:
     """Download model weights (needs internet; nothing else in alive ever downloads)."""
+
+    if model == "trustmark":
+        def work_trustmark() -> int:
+            from pipeline import trustmark_backend as tmb
+
+            root = cache_dir or _settings(config).model_cache_dir
+            folder = tmb.pull(root, base_url=base_url or tmb.BASE_URL)
+            out.print(f"TrustMark Q weights ({', '.join(tmb.WEIGHTS['Q'])}) are in {folder}, md5 checked")
+            out.print("turn it on with `label.watermark_backend: trustmark` in your settings (or "
+                      f"ALIVE_LABEL__WATERMARK_BACKEND=trustmark); it also needs `{tmb.PIP_EXTRA}`")
+            return 0
+
+        _guard(work_trustmark)
+        return
 
     def work() -> int:
         from pipeline.models import pull
@@ -429,6 +448,10 @@ def worker(
 
         declare_queues(celery_app)
         install_shutdown_grace(settings)
+        if settings.worker.cpu_queue in wanted:  # encoding runs here: its watermark backend must be able to run
+            from pipeline.softbinding import embedder
+
+            embedder(settings)
         if settings.worker.gpu_queue in wanted:
             from workers.app import warm_up_gpu_engine_in_children
 

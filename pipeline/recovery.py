@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pipeline import fingerprint as fp
 from pipeline import watermark
@@ -59,13 +59,14 @@ class FileCheck:
 
 
 def check_file(path: Path, trust_anchors_pem: bytes | None, repository: ManifestRepository | None = None,
-               resolver_url: str | None = None) -> FileCheck:
+               resolver_url: str | None = None, readers: Sequence[Any] = ()) -> FileCheck:
+    """``readers``: watermark readers beside alive's own (``softbinding.detectors(settings)``)."""
     path = Path(path)
     embedded = verify(path, trust_anchors_pem)
     bindings = None
     if embedded.state != NOT_MEDIA:
         try:
-            bindings = inspect_file(path)
+            bindings = inspect_file(path, readers=readers)
         except InputRejected:
             bindings = None  # e.g. audio, PDF: credentials but no pictures to read
     agrees = _agrees(embedded, bindings)

@@ -25,6 +25,7 @@ from pipeline.finish import StoryOptions, check_output_name, story_settings
 from pipeline.jobs import JobRecord, new_job_id
 from pipeline.outputs import default_video, plan_outputs
 from pipeline.settings import Settings
+from pipeline.softbinding import embedder
 from pipeline.storage import publish, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ def start(
     """
     options = options or GenerationOptions()
     settings = story_settings(settings, story)
+    embedder(settings)  # a watermark backend that cannot run (TrustMark not pulled) stops here, before any work
     photo = Path(source) if isinstance(source, (str, Path)) else None
     if output is None and photo is None:
         raise ConfigError("no output path: name the MP4 to write when the photo is given as bytes",

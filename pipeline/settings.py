@@ -194,8 +194,12 @@ class LabelSettings(_Section):
     title: str = "AI-generated story video"
     watermark: bool = Field(True, description="an invisible watermark with the credential id in every published frame "
                                               "(video, poster, preview): finds the manifest after a re-encode")
-    watermark_strength: float = Field(2.6, ge=0.5, le=8.0, description="watermark amplitude in luma levels at "
-                                      "average texture (2.6: PSNR ~41 dB)")
+    watermark_strength: float = Field(2.65, ge=0.5, le=8.0, description="watermark amplitude in luma levels at "
+                                      "average texture (2.65: PSNR ~40.5 dB on a default story, measured)")
+    watermark_backend: Literal["alive", "trustmark"] = Field(
+        "alive", description="alive: built in, no weights (the default, chosen by benchmarks/watermark_bench.py); "
+                             "trustmark: Adobe TrustMark Q (MIT), weights fetched once by `alive models pull trustmark`, "
+                             "needs the `trustmark` extra")
     keep_manifests: bool = Field(True, description="keep every signed manifest in the manifest repository (the job "
                                                    "database) so copies without metadata can be looked up")
     resolver_url: str | None = Field(None, description="manifest repository `alive verify` also asks, e.g. "

@@ -19,7 +19,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from functools import lru_cache
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -49,7 +50,7 @@ class SoftBinding:
 
     @property
     def watermark_value(self) -> str:
-        return watermark.binding_value(self.credential_id)
+        return binding_value(self.watermark_alg, self.credential_id)
 
     def to_dict(self) -> dict[str, Any]:
         """For the job record (and so the report)."""
@@ -87,17 +88,60 @@ def _assertion(alg: str, value: str, name: str) -> dict[str, Any]:
             "data": {"alg": alg, "name": name, "pad": [], "blocks": [{"scope": {}, "value": value}]}}
 
 
+def binding_value(alg: str, credential_id: str) -> str:
+    """The soft-binding value of ``credential_id`` in algorithm ``alg``'s own form."""
+    if alg == watermark.ALGORITHM:
+        return watermark.binding_value(credential_id)
+    from pipeline import trustmark_backend
+
+    if alg == trustmark_backend.ALGORITHM:
+        return trustmark_backend.binding_value(credential_id)
+    raise ValueError(f"unknown watermark algorithm {alg!r}")
+
+
+def embedder(settings) -> Any | None:
+    """The configured watermark backend: None for alive's own (``label.watermark_backend: alive``),
+    or TrustMark, checked now: its package and its pulled weights must be here (ModelUnavailable
+    says how to get them), so a job never starts that would fail at encoding."""
+    if not settings.label.watermark or settings.label.watermark_backend == "alive":
+        return None
+    backend = _trustmark(Path(settings.model_cache_dir))
+    backend.require()
+    return backend
+
+
+@lru_cache(maxsize=4)
+def _trustmark(cache_dir: Path):
+    """One TrustMark per model folder and process: its networks load once, on first use."""
+    from pipeline.trustmark_backend import TrustMarkBackend
+
+    return TrustMarkBackend(cache_dir)
+
+
+def detectors(settings) -> list[Any]:
+    """Watermark readers beside alive's own that a check also runs: TrustMark, when its package and
+    weights are on this machine (nothing is downloaded to read a file)."""
+    backend = _trustmark(Path(settings.model_cache_dir))
+    return [backend] if backend.available() else []
+
+
 def bind(frames: np.ndarray, credential_id: str, *, watermark_on: bool = True,
-         strength: float = watermark.STRENGTH) -> SoftBinding:
+         strength: float = watermark.STRENGTH, backend: Any | None = None) -> SoftBinding:
     """Watermark the story frames in place (when ``watermark_on``) and fingerprint them.
 
+    ``backend``: None for alive's own watermark, or another embedder (``embedder(settings)``).
     Runs after the visible label is drawn and before encoding, so the video, its poster and its
     preview (all made from these frames) carry the mark."""
     started = time.perf_counter()
-    if watermark_on:
+    alg = watermark.ALGORITHM
+    if watermark_on and backend is not None:
+        backend.embed(frames, credential_id)
+        alg = backend.ALGORITHM
+    elif watermark_on:
         watermark.embed(frames, credential_id, strength)
     hashes = fp.fingerprint(frames)
-    return SoftBinding(credential_id, watermark_on, hashes, strength=strength if watermark_on else None,
+    return SoftBinding(credential_id, watermark_on, hashes, watermark_alg=alg,
+                       strength=strength if watermark_on and backend is None else None,
                        seconds=time.perf_counter() - started)
 
 
@@ -112,15 +156,25 @@ class Bindings:
     frames: int = 0
     seconds: float = 0.0
     content: str | None = None  # what the file is (mp4, jpeg, png, webp ...)
+    others: tuple[Any, ...] = ()  # detections of the other readers (``detectors``), e.g. TrustMark
 
     def to_dict(self) -> dict[str, Any]:
-        return {"watermark": self.watermark.to_dict(), "fingerprint": {"algorithm": self.fingerprint_alg,
-                                                                       "hashes": list(self.fingerprint)},
-                "frames": self.frames, "seconds": round(self.seconds, 3)}
+        out = {"watermark": self.watermark.to_dict(), "fingerprint": {"algorithm": self.fingerprint_alg,
+                                                                      "hashes": list(self.fingerprint)},
+               "frames": self.frames, "seconds": round(self.seconds, 3)}
+        if self.others:
+            out["other_watermarks"] = [other.to_dict() for other in self.others]
+        return out
+
+    def found_ids(self) -> list[tuple[str, str]]:
+        """(algorithm, credential id) of every watermark found, alive's own first."""
+        found = [(watermark.ALGORITHM, self.watermark.credential_id)] if self.watermark.found else []
+        return found + [(other.to_dict()["algorithm"], other.credential_id) for other in self.others if other.found]
 
 
-def inspect_file(path: Path, *, max_frames: int | None = None) -> Bindings:
-    """Decode ``path`` (a video, or a JPEG/PNG/WebP/GIF image) and read its soft bindings.
+def inspect_file(path: Path, *, max_frames: int | None = None, readers: Sequence[Any] = ()) -> Bindings:
+    """Decode ``path`` (a video, or a JPEG/PNG/WebP/GIF image) and read its soft bindings
+    (alive's watermark, the fingerprint, and the watermark of each of ``readers``).
 
     Frames come at the detector's working size (short side ``watermark.DECODE_SHORT_SIDE``), the
     first ``READ_FRAMES`` of a video. Anything that is no video or
@@ -145,8 +199,9 @@ def inspect_file(path: Path, *, max_frames: int | None = None) -> Bindings:
     if max_frames is not None:
         frames = frames[:max_frames]
     detection = watermark.detect(frames)
+    others = tuple(reader.detect(frames) for reader in readers)
     return Bindings(detection, fp.fingerprint(frames), frames=len(frames), seconds=time.perf_counter() - started,
-                    content=content)
+                    content=content, others=others)
 
 
 def _working_size(width: int, height: int) -> tuple[int, int]:
@@ -215,11 +270,10 @@ def lookup(bindings: Bindings, repository: ManifestRepository, limit: int = 5) -
     the fingerprint alone is asked."""
     matches: list[Match] = []
     seen: set[str] = set()
-    if bindings.watermark.found and bindings.watermark.credential_id:
-        value = watermark.binding_value(bindings.watermark.credential_id)
-        for stored in repository.by_binding(watermark.ALGORITHM, value, limit):
+    for alg, credential_id in bindings.found_ids():
+        for stored in repository.by_binding(alg, binding_value(alg, credential_id), limit):
             score = fp.similarity(bindings.fingerprint, stored.fingerprint)
-            if score >= fp.MATCH_THRESHOLD:
+            if score >= fp.MATCH_THRESHOLD and stored.manifest_id not in seen:
                 matches.append(Match(stored, score, "watermark+fingerprint"))
                 seen.add(stored.manifest_id)
     if not matches and bindings.fingerprint:

@@ -28,7 +28,7 @@ from pipeline.previews import preview_indices, write_webp_preview
 from pipeline.manifests import StoredManifest
 from pipeline.provenance import ALGORITHMIC_MEDIA, LabelInfo, is_ai_generated, load_credentials, sign_video_keeping_store, verify
 from pipeline.settings import Settings
-from pipeline.softbinding import SoftBinding, bind
+from pipeline.softbinding import SoftBinding, bind, embedder
 
 StepProgress = Callable[[int, int], None]
 
@@ -204,7 +204,7 @@ def encode(story: Finished, video: Path, poster: Path, preview: Path, settings: 
     soft = None
     if credential_id is not None:
         soft = bind(story.frames, credential_id, watermark_on=settings.label.watermark,
-                    strength=settings.label.watermark_strength)
+                    strength=settings.label.watermark_strength, backend=embedder(settings))
     with tempfile.TemporaryDirectory(prefix=".audio-", dir=video.parent) as work:
         wav = Path(work) / "track.wav"
         track = render_track(story.duration_s, settings.audio, wav, file=audio_file)

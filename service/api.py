@@ -847,7 +847,10 @@ def _mount_credentials(app: FastAPI, settings: Settings, repository) -> None:
     """The public resolver's routes. Blocking work (the database; the by-content decode, capped at
     ``DECODE_SLOTS`` at once so a flood of uploads cannot take every worker thread) runs off the
     event loop."""
+    from pipeline.softbinding import detectors
+
     decode_slots = anyio.CapacityLimiter(DECODE_SLOTS)
+    readers = detectors(settings)  # other watermarks this server can read (TrustMark when pulled)
     upload_limit = settings.intake.max_bytes
     tags = ["credentials"]
 
@@ -878,7 +881,7 @@ def _mount_credentials(app: FastAPI, settings: Settings, repository) -> None:
         path = await _receive_upload(request, upload_limit)
         try:
             found = await anyio.to_thread.run_sync(_inspect_and_match, repository, path, max_results,
-                                                   limiter=decode_slots)
+                                                   readers, limiter=decode_slots)
         except InputRejected as exc:
             if exc.code == "not_a_video":
                 raise ApiError(415, exc.code, "this is not a video or image alive can read (MP4, MOV, WebM, "
@@ -912,15 +915,16 @@ def _mount_credentials(app: FastAPI, settings: Settings, repository) -> None:
     def supported_algorithms() -> SupportedAlgorithms:
         from pipeline import fingerprint, watermark
 
-        return SupportedAlgorithms(watermarks=[AlgorithmName(alg=watermark.ALGORITHM)],
+        return SupportedAlgorithms(watermarks=[AlgorithmName(alg=alg) for alg in
+                                               (watermark.ALGORITHM, *(r.ALGORITHM for r in readers))],
                                    fingerprints=[AlgorithmName(alg=fingerprint.ALGORITHM)])
 
 
-def _inspect_and_match(repository, path: Path, limit: int):
+def _inspect_and_match(repository, path: Path, limit: int, readers=()):
     """Decode the file's soft bindings and look them up (CPU-heavy: runs in a worker thread)."""
     from pipeline.softbinding import inspect_file, lookup
 
-    return lookup(inspect_file(path), repository, limit)
+    return lookup(inspect_file(path, readers=readers), repository, limit)
 
 
 DOCS_PAGE = """<!doctype html>
