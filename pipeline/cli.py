@@ -44,6 +44,10 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 _state: dict[str, Any] = {"debug": False}
 
+# The motion engine's style, shared by animate and submit
+MOTION_STYLE_OPTION = typer.Option(
+    None, "--motion-style", help="motion engine: auto (what the photo holds), parallax (camera and subject "
+    "layer), sky (only the sky and water move), still-camera (all that moves by itself, camera still) [auto].")
 # Story options shared by animate, submit and batch (one definition, one help text)
 PRESET_OPTION = typer.Option(None, "--preset", "-p", help="Platform preset: tiktok, reels, shorts, whatsapp-status.")
 STORY_FPS_OPTION = typer.Option(None, "--fps", help="Story frame rate; the clip is interpolated up to it [30].")
@@ -115,6 +119,7 @@ def animate(
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (svd/tiny) [25]."),
     gen_fps: Optional[int] = typer.Option(None, "--gen-fps", help="Frame rate of the generated clip [svd: 7, motion: 24]."),
     motion: Optional[int] = typer.Option(None, "--motion", help="Motion amount 0-1023 [127]."),
+    motion_style: Optional[str] = MOTION_STYLE_OPTION,
     size: Optional[str] = typer.Option(None, "--size", help="Generation size: engine, fast (320x576), standard (576x1024)."),
     width: Optional[int] = typer.Option(None, "--width", help="Generation width, multiple of 8 [576; tiny: 144]."),
     height: Optional[int] = typer.Option(None, "--height", help="Generation height, multiple of 8 [1024; tiny: 256]."),
@@ -159,6 +164,7 @@ def animate(
         options = GenerationOptions.build(
             seed=seed, num_frames=frames, num_inference_steps=steps, fps=gen_fps, motion_bucket_id=motion,
             width=width, height=height, decode_chunk_size=decode_chunk, max_guidance_scale=max_guidance,
+            motion_style=motion_style,
         )
         story = _story_options(preset=preset, fps=fps, duration_s=duration, loop=loop, language=language,
                                ambience=ambience)
@@ -476,6 +482,7 @@ def submit(
     steps: Optional[int] = typer.Option(None, "--steps"),
     gen_fps: Optional[int] = typer.Option(None, "--gen-fps", help="Frame rate of the generated clip."),
     motion: Optional[int] = typer.Option(None, "--motion"),
+    motion_style: Optional[str] = MOTION_STYLE_OPTION,
     preset: Optional[str] = PRESET_OPTION,
     story_fps: Optional[int] = STORY_FPS_OPTION,
     duration: Optional[float] = DURATION_OPTION,
@@ -500,7 +507,7 @@ def submit(
         settings = _settings(config)
         connect(settings)
         options = _generation_options(seed=seed, num_frames=frames, num_inference_steps=steps, fps=gen_fps,
-                                      motion_bucket_id=motion)
+                                      motion_bucket_id=motion, motion_style=motion_style)
         story = _story_options(preset=preset, fps=story_fps, duration_s=duration, loop=loop, language=language,
                                ambience=ambience)
         job_id = send(image, settings, options, prompt=prompt, engine=engine, label=image.name, story=story,

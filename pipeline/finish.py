@@ -18,6 +18,10 @@ classical motion engine). ``finish`` closes that gap in a fixed order chosen for
 Only the frames of one loop cycle are resized and labelled; the story is a list of references into
 them, so a 30 s story costs the memory of one cycle.
 
+A clip that an engine rendered as the story (``looped``, at the story's size and frame rate: the
+motion engine) skips steps 1-3: ``finish_rendered`` repeats its seamless cycle, labels it in place,
+measures it and chooses the poster, and records the same keys.
+
 Every edit is listed in ``Finished.actions`` as a C2PA action with its parameters, so the signed
 label says what happened after generation. ``story_settings`` applies a platform preset and the
 per-job story options to the settings, for the CLI, the workers and the API alike.
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -156,17 +161,21 @@ class Finished:
 
 
 def finish(frames: np.ndarray, clip_fps: float, settings: Settings, progress: StepProgress | None = None, *,
-           digital_source_type: str | None = None) -> Finished:
+           digital_source_type: str | None = None, looped: bool = False) -> Finished:
     """Make the story frames from the generated clip (uint8 (F, H, W, 3) at ``clip_fps``).
 
     ``digital_source_type`` is the IPTC term of the engine that made the clip; it picks the visible
     label's words. None (not known) draws the "AI-generated" text: over-disclosing beats hiding AI.
+    ``looped`` says the clip is one seamless cycle; one already at the story's size and frame rate
+    is taken as it is (``finish_rendered``).
     """
     story: StorySettings = settings.story
     if frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ConfigError(f"finish needs uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}",
                           code="bad_frames")
     clip_count, (clip_h, clip_w) = len(frames), frames.shape[1:3]
+    if looped and (clip_w, clip_h) == (story.width, story.height) and abs(clip_fps - story.fps) < 1e-6:
+        return finish_rendered(frames, settings, progress, digital_source_type=digital_source_type)
     total = max(1, round(story.duration_s * story.fps))
     report = _Progress(progress, 4)
     actions: list[dict[str, Any]] = []
@@ -205,25 +214,84 @@ def finish(frames: np.ndarray, clip_fps: float, settings: Settings, progress: St
             **_json_params(fit)}})
     report.step()
 
-    overlay: dict[str, Any] | None = None
-    if settings.overlay.enabled:
-        ai_generated = digital_source_type is None or is_ai_generated(digital_source_type)
-        overlay = draw_label(fitted, settings.overlay, ai_generated=ai_generated)
-        actions.append(_edited(f"visible label \"{overlay['text']}\" drawn into every frame", overlay))
+    overlay = _label(fitted, settings, digital_source_type, actions)
     report.step()
+    return _assemble(fitted, used, order, story, {"retime": retimed, "loop": looped, "fit": _json_params(fit),
+                                                   "overlay": overlay}, actions)
 
+
+def finish_rendered(frames: np.ndarray, settings: Settings, progress: StepProgress | None = None, *,
+                    digital_source_type: str | None = None) -> Finished:
+    """The story from a clip an engine rendered as the story: one seamless cycle at the story's size
+    and frame rate (the motion engine). Nothing is retimed, blended or resized: the cycle is repeated
+    to the story's length and labelled **in place** (a 1080x1920 cycle is too large to copy); the
+    record has the same keys as ``finish``'s, with ``retime.method`` and ``fit.how`` "none" and
+    ``loop.mode`` "cycle"."""
+    story: StorySettings = settings.story
+    count, (height, width) = len(frames), frames.shape[1:3]
+    total = max(1, round(story.duration_s * story.fps))
+    report = _Progress(progress, 4)
+    actions: list[dict[str, Any]] = []
+    retimed = {"from_fps": float(story.fps), "to_fps": story.fps, "method": "none", "frames_in": count,
+               "frames_out": count}
+    report.step()
+    order = [i % count for i in range(total)]
+    looped = {"mode": "cycle", "duration_s": round(total / story.fps, 3), "frames": total, "cycle_frames": count,
+              "repeats": round(total / count, 2), "seamless": total % count == 0,
+              "how": "the engine's own seamless cycle, repeated (no pingpong, no crossfade)"}
+    if count < total:
+        actions.append(_edited(f"looped (the engine's seamless {count}-frame cycle) to {total / story.fps:g} s",
+                               looped))
+    report.step()
+    fit = {"from": [width, height], "to": [story.width, story.height], "how": "none"}
+    report.step()
+    overlay = _label(frames, settings, digital_source_type, actions)
+    report.step()
+    used = sorted(set(order))
+    # flicker over one cycle and its seam (what a viewer sees again and again), at most 2 s
+    seam = count + 1 if count < total else count
+    return _assemble(frames, used, order, story, {"retime": retimed, "loop": looped, "fit": fit, "overlay": overlay},
+                     actions, measure=min(seam, 2 * story.fps))
+
+
+def _label(frames: np.ndarray, settings: Settings, digital_source_type: str | None,
+           actions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Draw the visible label into ``frames`` (in place) when it is on, and record the edit."""
+    if not settings.overlay.enabled:
+        return None
+    ai_generated = digital_source_type is None or is_ai_generated(digital_source_type)
+    overlay = draw_label(frames, settings.overlay, ai_generated=ai_generated)
+    actions.append(_edited(f"visible label \"{overlay['text']}\" drawn into every frame", overlay))
+    return overlay
+
+
+def _assemble(cycle: np.ndarray, used: list[int], order: list[int], story: StorySettings, steps: dict[str, Any],
+              actions: list[dict[str, Any]], measure: int | None = None) -> Finished:
+    """The story as references into the labelled ``cycle`` (its rows are the clip frames ``used``),
+    with the poster chosen and flicker measured over its first ``measure`` frames (2 s by default)."""
     position = {index: i for i, index in enumerate(used)}
-    story_frames = [fitted[position[index]] for index in order]
-    poster_in_cycle, poster_scores = best_frame(fitted)
+    story_frames = [cycle[position[index]] for index in order]
+    poster_in_cycle, poster_scores = best_frame(cycle)
     poster_index = order.index(used[poster_in_cycle])
+    total = len(order)
+    measured = [_flicker_size(frame) for frame in story_frames[: min(total, measure or 2 * story.fps)]]
     record = {
         "size": [story.width, story.height], "fps": story.fps, "frames": total,
-        "duration_s": round(total / story.fps, 3),
-        "retime": retimed, "loop": looped, "fit": _json_params(fit), "overlay": overlay,
-        "flicker": round(flicker(np.stack(story_frames[: min(total, 2 * story.fps)])), 3),
+        "duration_s": round(total / story.fps, 3), **steps,
+        "flicker": round(flicker(np.stack(measured)), 3),
         "poster": {"frame": poster_index, **poster_scores},
     }
     return Finished(frames=story_frames, fps=story.fps, poster_index=poster_index, record=record, actions=actions)
+
+
+def _flicker_size(frame: np.ndarray, max_side: int = 256) -> np.ndarray:
+    """The copy ``flicker`` measures (long side 256, area-averaged, as it makes itself), made one
+    frame at a time, so two seconds of full-size story are never stacked."""
+    h, w = frame.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale >= 1.0:
+        return frame
+    return cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 _METHOD = {"flow": "optical-flow interpolation", "blend": "frame blending", "repeat": "frame repetition"}

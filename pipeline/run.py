@@ -187,7 +187,7 @@ def complete(job: Job) -> Result:
         stages.moderate_video(clip.frames, settings, record.moderation)
 
     with timer.stage("finish"):
-        finished = stages.finish(clip.frames, clip.fps, settings, timer.steps("finish"))
+        finished = stages.finish(clip, clip.fps, settings, timer.steps("finish"))  # the Clip says if it is a seamless story
     record.finish = finished.record
 
     output.parent.mkdir(parents=True, exist_ok=True)

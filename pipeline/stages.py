@@ -24,7 +24,7 @@ from pipeline.finish import Finished
 from pipeline.finish import finish as finish_clip
 from pipeline.frame import fit_to_size, generation_size_for
 from pipeline.intake import IntakeResult, load_image
-from pipeline.previews import preview_indices, write_webp_preview
+from pipeline.previews import preview_indices, shrink_for_preview, write_webp_preview
 from pipeline.manifests import StoredManifest
 from pipeline.provenance import ALGORITHMIC_MEDIA, LabelInfo, is_ai_generated, load_credentials, sign_video_keeping_store, verify
 from pipeline.settings import Settings
@@ -95,7 +95,7 @@ def generation_options(image: Image.Image, options: GenerationOptions, settings:
     if options.width is None and options.height is None and settings.frame.generation_size != "engine":
         width, height = GENERATION_SIZES[settings.frame.generation_size]
         options = options.model_copy(update={"width": width, "height": height})
-    options = engine.resolve(options)
+    options = engine.resolve_for_story(options, settings.story)  # the motion engine renders the story's size
     if settings.frame.strategy == "fit-generate":
         width, height = generation_size_for(image.size, (options.width, options.height))
         options = options.model_copy(update={"width": width, "height": height})
@@ -135,7 +135,8 @@ def generate_batch(images: list[Image.Image], options: GenerationOptions, settin
         clip = clips[k]
         opts = sized[k].model_copy(update={"seed": clip.seed, "fps": int(clip.fps), "num_frames": len(clip.frames)})
         results.append(Generated(options=opts, clip=clip, framing=framings[k], changes=[describe_framing(framings[k])],
-                                 engine={**engine.describe(), "digital_source_type": engine.digital_source_type},
+                                 engine={**engine.describe(), **clip.details,  # e.g. what the motion engine moved
+                                         "digital_source_type": engine.digital_source_type},
                                  software_agent=engine.software_agent,
                                  digital_source_type=engine.digital_source_type))
     return results
@@ -170,14 +171,22 @@ def describe_framing(record: dict[str, Any]) -> str:
 
 
 # -- finish ----------------------------------------------------------------------------------------
-def finish(frames: np.ndarray, fps: float, settings: Settings, progress: StepProgress | None = None, *,
-           source_type: str | None = None) -> Finished:
+def finish(frames: np.ndarray | Clip, fps: float, settings: Settings, progress: StepProgress | None = None, *,
+           source_type: str | None = None, looped: bool | None = None) -> Finished:
     """Clip -> story frames (fps, loop, length, size, visible label); see pipeline/finish.py.
 
     ``source_type`` (the clip's IPTC digital source type) picks the label's words; None takes the
-    configured engine's (``digital_source_type``)."""
+    configured engine's (``digital_source_type``). ``looped`` says the frames are one seamless cycle
+    (``Clip.looped``); None takes a Clip's own flag, else whether the configured engine renders
+    stories directly (``Engine.renders_story``). A seamless cycle at the story's size and frame rate
+    is only repeated, labelled and measured."""
+    if isinstance(frames, Clip):
+        looped = frames.looped if looped is None else looped
+        frames = frames.frames
+    if looped is None:
+        looped = engine_class(settings.engine.name).renders_story
     return finish_clip(np.asarray(frames), fps, settings, progress,
-                       digital_source_type=source_type or digital_source_type(settings))
+                       digital_source_type=source_type or digital_source_type(settings), looped=looped)
 
 
 # -- encode ----------------------------------------------------------------------------------------
@@ -217,10 +226,10 @@ def encode(story: Finished, video: Path, poster: Path, preview: Path, settings: 
         "description": f"encoded with {encoded.codec} ({encoded.encoder}, crf {settings.encode.crf})",
         "codec": encoded.codec, "encoder": encoded.encoder, "crf": settings.encode.crf}})
     write_poster(story.frames[story.poster_index], poster, settings.encode.poster_quality)
-    # the first 3 s at the preview's rate: only the frames it shows are stacked (not 90 full-size ones)
+    # the first 3 s at the preview's rate: only the frames it shows, each shrunk before they are stacked
     rate = min(story.fps, settings.story.preview_fps)
     picked = preview_indices(min(len(story.frames), story.fps * 3), story.fps, rate)
-    shown = write_webp_preview(np.stack([story.frames[i] for i in picked]), rate, preview,
+    shown = write_webp_preview(shrink_for_preview(story.frames, picked, settings.story.preview_width), rate, preview,
                                width=settings.story.preview_width, preview_fps=rate,
                                quality=settings.story.preview_quality)
     return Encoded(video=encoded, audio=track, preview=shown, actions=actions, soft_binding=soft)

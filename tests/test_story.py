@@ -41,7 +41,10 @@ def test_default_story_with_ambience_is_what_a_platform_expects(tmp_path, story_
     assert facts["audio"]["codec"] == "aac" and facts["audio"]["duration"] == pytest.approx(4.0, abs=0.05)
 
     report = result.report
-    assert report["finish"]["loop"]["mode"] == "pingpong" and report["finish"]["retime"]["method"] == "flow"
+    # the motion engine renders the story itself: a seamless cycle at 1080x1920 and 30 fps, repeated
+    # (no interpolation, no pingpong, no upscale)
+    assert report["finish"]["loop"]["mode"] == "cycle" and report["finish"]["retime"]["method"] == "none"
+    assert report["finish"]["fit"]["how"] == "none"
     assert report["audio"]["kind"] == "ambience" and report["audio"]["name"] == "waves"
     # the motion engine uses no trained model: its label says so, in Indonesian (not "Dibuat dengan AI")
     assert report["finish"]["overlay"]["text"] == "Foto dianimasikan"
@@ -56,7 +59,7 @@ def test_default_story_with_ambience_is_what_a_platform_expects(tmp_path, story_
     assert checked.state == "Trusted" and not checked.ai_generated
     assert checked.digital_source_type == ALGORITHMIC_MEDIA
     descriptions = " | ".join(a["description"] or "" for a in checked.actions)
-    for edit in ("24 to 30 fps", "pingpong", "1080x1920", "Foto dianimasikan", "waves", "libx264"):
+    for edit in ("seamless 40-frame cycle", "Foto dianimasikan", "waves", "libx264"):
         assert edit in descriptions, (edit, descriptions)
     assert any(a.get("digitalSourceType") == ALGORITHMIC_MEDIA for a in checked.actions)  # procedural sound
     assert result.preview.read_bytes()[8:12] == b"WEBP"

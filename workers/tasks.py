@@ -346,6 +346,15 @@ def _job_settings(ctx: Context, record) -> Settings:
     return story_settings(ctx.settings, StoryOptions(**record.story) if record.story else None)
 
 
+def _renders_story(engine: dict | None) -> bool | None:
+    """Whether the engine that made this job's clip renders the story itself (the motion engine: a
+    seamless cycle at story size and rate), from the job record; None: the configured engine's."""
+    from pipeline.engines import engine_class
+
+    name = (engine or {}).get("engine")
+    return engine_class(name).renders_story if name else None
+
+
 @app.task(name="alive.encode", bind=True, base=StageTask)
 def encode(self, job_id: str) -> str:
     """Finish (fps, loop, story size, visible label) and encode in one task: the story-size frames are
@@ -360,7 +369,8 @@ def encode(self, job_id: str) -> str:
         with ctx.scratch(job_id) as tmp:
             started = time.perf_counter()
             finished = stages.finish(np.asarray(_frames(ctx, job_id, tmp)), float(record.options["fps"]), settings,
-                                     source_type=stages.digital_source_type(settings, record.engine))  # visible label
+                                     source_type=stages.digital_source_type(settings, record.engine),  # visible label
+                                     looped=_renders_story(record.engine))
             finish_s = round(time.perf_counter() - started, 4)
             audio = ctx.storage.readable_path(keys.audio, tmp) if ctx.storage.exists(keys.audio) else None
             encoded = stages.encode(finished, tmp / "unsigned.mp4", tmp / "poster.jpg", tmp / "preview.webp",

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.settings import StorySettings
 
 ProgressFn = Callable[[int, int], None]
 """Called with (step done, steps in all) while an engine works."""
@@ -20,8 +23,8 @@ ProgressFn = Callable[[int, int], None]
 class GenerationOptions(BaseModel):
     """Per-clip options. Bounds live here so bad values never reach a model.
 
-    ``None`` means "the engine's own default" (SVD-XT: 25 frames at 7 fps, 576x1024; motion: 96 frames at
-    24 fps, 576x1024; tiny: 144x256).
+    ``None`` means "the engine's own default" (SVD-XT: 25 frames at 7 fps, 576x1024; tiny: 144x256;
+    motion: the story's size and frame rate and one seamless cycle of it, see ``resolve_for_story``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -37,6 +40,10 @@ class GenerationOptions(BaseModel):
     decode_chunk_size: int = Field(8, ge=1, le=64, description="frames decoded by the VAE at once (memory)")
     width: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="generation width, multiple of 8")
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="generation height, multiple of 8")
+    motion_style: Literal["auto", "parallax", "sky", "still-camera"] = Field(
+        "auto", description="motion engine: what moves; auto = what the scene analysis found (sky, water, "
+                            "foliage, a parallax camera), parallax = camera and subject layer only, sky = only the "
+                            "sky (and water), still-camera = everything that moves by itself, camera still")
 
     @model_validator(mode="after")
     def _guidance_ordered(self) -> "GenerationOptions":
@@ -68,6 +75,8 @@ class Clip:
     fps: float
     seed: int
     notes: list[str] = field(default_factory=list)
+    looped: bool = False  # the frames are one seamless cycle: the last one flows into the first
+    details: dict[str, Any] = field(default_factory=dict)  # per-clip facts for the report (what moved, how)
 
     def __post_init__(self) -> None:
         if self.frames.dtype != np.uint8 or self.frames.ndim != 4 or self.frames.shape[-1] != 3:
@@ -89,10 +98,20 @@ class Engine(abc.ABC):
     label ("AI-generated" only for a trained model), the report and ``alive verify``. Every concrete
     engine sets it; there is no default, so a new engine cannot inherit a label that is not true of it."""
 
+    renders_story: ClassVar[bool] = False
+    """Whether this engine, given the story's size and frame rate (``resolve_for_story``), renders
+    seamless cycles at exactly that size and rate: then ``finish`` only repeats, labels and measures
+    them (no retime, no resize). The generative engines do not."""
+
     def resolve(self, options: GenerationOptions) -> GenerationOptions:
         """Fill the size the caller left open with this engine's default."""
         width, height = options.width or self.default_size[0], options.height or self.default_size[1]
         return options.model_copy(update={"width": width, "height": height})
+
+    def resolve_for_story(self, options: GenerationOptions, story: "StorySettings") -> GenerationOptions:
+        """``resolve`` for a job that makes ``story``; engines that render the story directly
+        (``renders_story``) take its size and frame rate when the caller left them open."""
+        return self.resolve(options)
 
     @abc.abstractmethod
     def load(self) -> None:
