@@ -115,9 +115,9 @@ def animate(
     model: Optional[str] = typer.Option(None, "--model", help="svd: hub id or local diffusers folder."),
     revision: Optional[str] = typer.Option(None, "--revision", help="svd: model revision (commit or tag)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: random, reported]."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Frames to generate [svd: 25, motion: 96]."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Frames to generate [svd: 25; motion: the story's frames]."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (svd/tiny) [25]."),
-    gen_fps: Optional[int] = typer.Option(None, "--gen-fps", help="Frame rate of the generated clip [svd: 7, motion: 24]."),
+    gen_fps: Optional[int] = typer.Option(None, "--gen-fps", help="Frame rate of the generated clip [svd: 7; motion: the story's rate]."),
     motion: Optional[int] = typer.Option(None, "--motion", help="Motion amount 0-1023 [127]."),
     motion_style: Optional[str] = MOTION_STYLE_OPTION,
     size: Optional[str] = typer.Option(None, "--size", help="Generation size: engine, fast (320x576), standard (576x1024)."),
@@ -592,6 +592,7 @@ def batch(
     steps: Optional[int] = typer.Option(None, "--steps"),
     width: Optional[int] = typer.Option(None, "--width"),
     height: Optional[int] = typer.Option(None, "--height"),
+    motion_style: Optional[str] = MOTION_STYLE_OPTION,
     preset: Optional[str] = PRESET_OPTION,
     story_fps: Optional[int] = STORY_FPS_OPTION,
     duration: Optional[float] = DURATION_OPTION,
@@ -618,7 +619,7 @@ def batch(
                              performance={"batch_clips": batch_clips} if batch_clips else None)
         items = read_inputs(inputs)
         options = _generation_options(seed=seed, num_frames=frames, num_inference_steps=steps, width=width,
-                                      height=height)
+                                      height=height, motion_style=motion_style)
         progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=err)
         task = progress.add_task("batch", total=len(items))

@@ -489,6 +489,7 @@ def encode_mp4(
     *,
     audio_codec: str = "aac",
     audio_bitrate: str = "128k",
+    repeat: int = 1,
 ) -> EncodedVideo:
     """Encode RGB frames (uint8 0..255 or float 0..1, all (H, W, 3), even H and W) to a video file:
     MP4, or WebM when ``out_path`` ends in ``.webm``; see the module docstring for codecs and errors.
@@ -497,6 +498,12 @@ def encode_mp4(
     ``audio_codec`` (aac or opus; always Opus in WebM) at ``audio_bitrate``. ``progress(frames_written,
     total)`` is called after each frame reaches ffmpeg. The result is checked by decoding it before
     it replaces ``out_path``.
+
+    ``repeat``: the video is ``frames`` played ``repeat`` times (a seamless cycle, ``split_cycle``).
+    With libx264 in MP4 the cycle is encoded once (a closed GOP: it starts on an IDR frame) and the
+    file is that stream copied ``repeat`` times (ffmpeg's concat demuxer), so x264 works on one
+    cycle, not the whole story; the decoded frames are the cycle's, again and again. Other
+    encoders get the frames repeated.
     """
     started = time.perf_counter()
     asked = settings or EncodeSettings()
@@ -508,13 +515,18 @@ def encode_mp4(
     frames = _as_frame_list(frames)
     if len(frames) == 0:
         raise ConfigError("no frames to encode: got an empty frame list", code="bad_frames")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise ConfigError(f"repeat must be a whole number >= 1, got {repeat!r}", code="bad_option")
+    if repeat > 1 and not (container == "mp4" and settings.codec == "libx264"):
+        frames, repeat = [frames[i % len(frames)] for i in range(len(frames) * repeat)], 1
     height, width = _check_frame(frames[0], 0, None)
     for index in range(1, len(frames)):
         _check_frame(frames[index], index, (height, width))
     _check_size(height, width)
     rate = _check_fps(fps)
     _check_codec(settings, container)
-    video_seconds = len(frames) / float(rate)
+    total = len(frames) * repeat
+    video_seconds = total / float(rate)
     track = None
     if audio is not None:
         track = _check_audio(audio, video_seconds, float(rate), audio_codec, audio_bitrate, container)
@@ -522,18 +534,27 @@ def encode_mp4(
 
     # 2. encode into a temp file beside the target
     temp = _create_temp_beside(out_path, f".part.{container}")
-    command = build_command(width, height, rate, settings, temp, container=container, audio=track)
+    if repeat > 1:
+        cycle = _create_temp_beside(out_path, ".cycle.part.mp4")
+        command = build_command(width, height, rate, settings, cycle, container=container, audio=None)
+    else:
+        command = build_command(width, height, rate, settings, temp, container=container, audio=track)
     try:
-        try:
-            _run_ffmpeg(command, frames, settings.timeout_s, progress)
-        except EncodeFailed as exc:
-            if asked.codec != "auto" or settings.codec == "libx264" or exc.code == "encode_timeout":
-                raise
-            # auto chose NVENC and it failed on the real frames (driver, session limit): the CPU encoder
-            log.warning("h264_nvenc failed (%s); encoding with libx264 instead", exc.message.splitlines()[0])
-            settings = settings.model_copy(update={"codec": "libx264"})
-            command = build_command(width, height, rate, settings, temp, container=container, audio=track)
-            _run_ffmpeg(command, frames, settings.timeout_s, progress)
+        if repeat > 1:
+            scaled = None if progress is None else (lambda done, _n: progress(done * repeat, total))
+            _run_ffmpeg(command, frames, settings.timeout_s, scaled)
+            command = _repeat_cycle(cycle, repeat, temp, track, settings.timeout_s)
+        else:
+            try:
+                _run_ffmpeg(command, frames, settings.timeout_s, progress)
+            except EncodeFailed as exc:
+                if asked.codec != "auto" or settings.codec == "libx264" or exc.code == "encode_timeout":
+                    raise
+                # auto chose NVENC and it failed on the real frames (driver, session limit): the CPU encoder
+                log.warning("h264_nvenc failed (%s); encoding with libx264 instead", exc.message.splitlines()[0])
+                settings = settings.model_copy(update={"codec": "libx264"})
+                command = build_command(width, height, rate, settings, temp, container=container, audio=track)
+                _run_ffmpeg(command, frames, settings.timeout_s, progress)
 
         # 3. prove the file is what we asked for before anyone can see it
         size = temp.stat().st_size
@@ -549,10 +570,10 @@ def encode_mp4(
             )
         facts = probe_video(temp, timeout_s=settings.timeout_s)
         got = (facts["frames"], facts["width"], facts["height"])
-        if got != (len(frames), width, height):
+        if got != (total, width, height):
             raise EncodeFailed(
                 f"the encoded file decodes to {got[0]} frames of {got[1]}x{got[2]}, expected "
-                f"{len(frames)} frames of {width}x{height}\ncommand: {shlex.join(command)}",
+                f"{total} frames of {width}x{height}\ncommand: {shlex.join(command)}",
                 code="encode_mismatch", details={"command": command, "probe": facts},
             )
         _check_muxed_audio(facts, track, command)
@@ -561,6 +582,8 @@ def encode_mp4(
         _commit(temp, out_path)
     finally:
         temp.unlink(missing_ok=True)  # no-op after a successful replace
+        if repeat > 1:
+            cycle.unlink(missing_ok=True)
 
     return EncodedVideo(
         path=out_path, width=width, height=height, fps=float(fps), frames=facts["frames"],
@@ -568,6 +591,45 @@ def encode_mp4(
         bytes=facts["bytes"], seconds=time.perf_counter() - started, container=container, audio=facts["audio"],
         encoder=settings.codec,
     )
+
+
+def split_cycle(frames: Sequence[np.ndarray]) -> tuple[Sequence[np.ndarray], int]:
+    """(cycle, repeats) when ``frames`` is one shorter run of frame buffers played again and again
+    (a looped story is a list of views of its cycle's frames), else (frames, 1). Frames count as the
+    same when they are views of the same pixels (data pointer, shape and strides)."""
+    count = len(frames)
+
+    def key(frame: np.ndarray) -> tuple:
+        return frame.__array_interface__["data"][0], frame.shape, frame.strides
+
+    keys = [key(f) for f in frames] if not isinstance(frames, np.ndarray) else []
+    for period in range(1, count // 2 + 1):
+        if keys and count % period == 0 and all(keys[i] == keys[i % period] for i in range(period, count)):
+            return frames[:period], count // period
+    return frames, 1
+
+
+def _repeat_cycle(cycle: Path, repeat: int, output: Path, track: _AudioMux | None, timeout_s: float) -> list[str]:
+    """Write ``output``: the encoded ``cycle`` stream copied ``repeat`` times (+ the sound track), as
+    the MP4 build_command would have made (no metadata, faststart). Returns the command run."""
+    listing = cycle.with_suffix(".txt")
+    quoted = str(cycle.resolve()).replace("'", "'\\''")
+    listing.write_text("".join(f"file '{quoted}'\n" for _ in range(repeat)))
+    command = [ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "warning",
+               "-f", "concat", "-safe", "0", "-i", str(listing)]
+    if track is not None:
+        command += ["-t", f"{track.seconds:.6f}", "-i", str(track.path), "-map", "0:v:0", "-map", "1:a:0"]
+    else:
+        command += ["-map", "0:v:0", "-an"]
+    command += ["-map_metadata", "-1", "-fflags", "+bitexact", "-metadata:s:v:0", "handler_name=", "-c:v", "copy"]
+    if track is not None:
+        command += ["-c:a", track.encoder, "-b:a", track.bitrate, "-metadata:s:a:0", "handler_name="]
+    command += ["-movflags", "+faststart", "-f", "mp4", "-y", str(output)]
+    try:
+        _run_ffmpeg(command, [], timeout_s, None)
+    finally:
+        listing.unlink(missing_ok=True)
+    return command
 
 
 def _check_muxed_audio(facts: dict[str, Any], track: _AudioMux | None, command: list[str]) -> None:

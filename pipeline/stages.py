@@ -18,7 +18,7 @@ from PIL import Image
 
 import pipeline
 from pipeline.audio import render_track
-from pipeline.encode import EncodedVideo, encode_mp4, write_poster
+from pipeline.encode import EncodedVideo, encode_mp4, split_cycle, write_poster
 from pipeline.engines import Clip, GenerationOptions, engine_class, get_engine
 from pipeline.finish import Finished
 from pipeline.finish import finish as finish_clip
@@ -217,9 +217,10 @@ def encode(story: Finished, video: Path, poster: Path, preview: Path, settings: 
     with tempfile.TemporaryDirectory(prefix=".audio-", dir=video.parent) as work:
         wav = Path(work) / "track.wav"
         track = render_track(story.duration_s, settings.audio, wav, file=audio_file)
-        encoded = encode_mp4(story.frames, video, story.fps, settings.encode, progress=progress,
+        cycle, repeat = split_cycle(story.frames)  # a seamless cycle is encoded once and repeated
+        encoded = encode_mp4(cycle, video, story.fps, settings.encode, progress=progress,
                              audio=wav if track else None, audio_codec=settings.audio.codec,
-                             audio_bitrate=settings.audio.bitrate)
+                             audio_bitrate=settings.audio.bitrate, repeat=repeat)
     if track:
         actions.append(_audio_action(track))
     actions.append({"action": "c2pa.transcoded", "parameters": {

@@ -423,6 +423,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine: Literal["motion", "svd", "tiny"] = Form(None, description="engine; the server may offer only some"),
         seed: int = Form(None, ge=0, le=2**31 - 1),
         motion: int = Form(None, ge=0, le=1023, description="amount of motion"),
+        motion_style: Literal["auto", "parallax", "sky", "still-camera"] = Form(
+            None, description="motion engine: what moves (auto: what the photo holds)"),
         preset: Literal["tiktok", "reels", "shorts", "whatsapp-status"] = Form(None, description="platform preset"),
         fps: int = Form(None, ge=1, le=60, description="story frame rate (the clip is interpolated up to it)"),
         duration_s: float = Form(None, gt=0, le=60, description="story length in seconds, reached by looping"),
@@ -451,7 +453,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         data = image.file.read(settings.intake.max_bytes + 1)
         if len(data) > settings.intake.max_bytes:
             raise ApiError(413, "too_large", f"the photo is larger than {settings.intake.max_bytes} bytes")
-        options = GenerationOptions.build(seed=seed, motion_bucket_id=motion)
+        options = GenerationOptions.build(seed=seed, motion_bucket_id=motion, motion_style=motion_style)
         story = StoryOptions.build(preset=preset, fps=fps, duration_s=duration_s, loop=loop, language=language,
                                    ambience=ambience)
         limit_audio = settings.intake.max_audio_bytes

@@ -214,3 +214,14 @@ def test_ops_endpoints(service):
     schema = client.get("/openapi.json").json()
     assert {"/v1/animations", "/v1/animations/{job_id}", "/s/{token}"} <= set(schema["paths"])
     assert "Animate a photo" in client.get("/").text or "<title>alive" in client.get("/").text
+
+
+def test_motion_style_is_a_form_field_kept_with_the_job_and_checked(service, sample_photo):
+    env, client, _ = service
+    from service.stores import open_job_store
+
+    made = _post(client, sample_photo, engine="motion", motion_style="still-camera")
+    assert made.status_code == 202, made.text
+    assert open_job_store(env.settings).load(made.json()["id"]).options["motion_style"] == "still-camera"
+    refused = _post(client, sample_photo, engine="motion", motion_style="wobble")
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_request", refused.text

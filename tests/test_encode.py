@@ -549,3 +549,54 @@ def test_a_muxed_track_of_the_wrong_length_or_presence_is_a_mismatch(tmp_path):
         with pytest.raises(EncodeFailed) as info:
             _check_muxed_audio(facts, asked, ["ffmpeg"])
         assert info.value.code == "encode_mismatch"
+
+
+# --- a seamless cycle, encoded once ---------------------------------------------------------------
+def test_split_cycle_finds_a_repeated_run_of_views_and_nothing_else():
+    from pipeline.encode import split_cycle
+
+    cycle = gradient_frames(4)
+    story = [cycle[i % 4] for i in range(12)]  # new view objects, the same pixels
+    found, repeats = split_cycle(story)
+    assert repeats == 3 and len(found) == 4 and all(np.shares_memory(found[i], cycle[i]) for i in range(4))
+    pingpong = [cycle[i] for i in (0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1)]
+    assert split_cycle(pingpong)[1] == 2  # its cycle (6 frames) played twice
+    assert split_cycle([cycle[i] for i in (0, 1, 2, 3, 2, 1, 0)])[1] == 1
+    assert split_cycle(list(gradient_frames(6)))[1] == 1  # copies with equal pixels are not the same frames
+    assert split_cycle(gradient_frames(6))[1] == 1
+
+
+@needs_proc
+def test_a_cycle_encoded_once_and_repeated_decodes_to_the_cycle_again_and_again(tmp_path):
+    """x264 encodes the 8-frame cycle once; the file is that stream three times with the sound
+    track over all of it: 24 frames, each cycle decoding to exactly the same pixels."""
+    frames = gradient_frames(8)
+    track = sine_wav(tmp_path / "track.wav", 24 / 24)
+    out = tmp_path / "story.mp4"
+    seen = []
+    result = encode_mp4(frames, out, fps=24, settings=FAST, audio=track, repeat=3,
+                        progress=lambda done, total: seen.append((done, total)))
+    facts = probe_video(out)
+    assert (result.frames, facts["frames"], facts["moov_before_mdat"]) == (24, 24, True)
+    assert facts["duration"] == pytest.approx(1.0, abs=0.01)
+    assert facts["audio"]["duration"] == pytest.approx(1.0, abs=0.001)
+    decoded = decode_frames(out, W, H)
+    assert np.array_equal(decoded[:8], decoded[8:16]) and np.array_equal(decoded[:8], decoded[16:])
+    assert np.abs(decoded[:8].astype(np.int16) - frames).mean() < 4.0
+    assert seen[-1] == (24, 24)
+    assert leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["story.mp4", "track.wav"]
+    assert ffmpeg_children() == []
+
+
+@needs_proc
+def test_another_encoder_gets_the_cycle_repeated_frame_by_frame(tmp_path):
+    out = tmp_path / "story.mp4"
+    result = encode_mp4(gradient_frames(6), out, fps=24, settings=EncodeSettings(codec="libx265", crf=28,
+                                                                                 preset="veryfast"), repeat=2)
+    assert result.frames == 12 and probe_video(out)["frames"] == 12 and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("repeat", [0, -1, 1.5, True])
+def test_a_bad_repeat_is_a_config_error(tmp_path, repeat):
+    with pytest.raises(ConfigError, match="repeat"):
+        encode_mp4(gradient_frames(2), tmp_path / "x.mp4", fps=24, settings=FAST, repeat=repeat)
