@@ -226,8 +226,10 @@ def finish_rendered(frames: np.ndarray, settings: Settings, progress: StepProgre
     and frame rate (the motion engine). Nothing is retimed, blended or resized: the cycle is repeated
     to the story's length and labelled **in place** (a 1080x1920 cycle is too large to copy); the
     record has the same keys as ``finish``'s, with ``retime.method`` and ``fit.how`` "none" and
-    ``loop.mode`` "cycle"."""
+    ``loop.mode`` "cycle". Read-only frames (a worker's, mapped from the store) are copied once."""
     story: StorySettings = settings.story
+    if not frames.flags.writeable:
+        frames = frames.copy()
     count, (height, width) = len(frames), frames.shape[1:3]
     total = max(1, round(story.duration_s * story.fps))
     report = _Progress(progress, 4)

@@ -184,3 +184,16 @@ def test_the_report_says_what_moved(tmp_path, settings):
     assert report["options"]["motion_style"] == "sky"
     assert report["finish"]["loop"]["mode"] == "cycle" and report["finish"]["fit"]["how"] == "none"
     assert any("sky: clouds drift" in note for note in report["notes"])
+
+
+def test_read_only_frames_of_a_rendered_story_are_labelled_on_a_copy(settings):
+    """A worker reads the clip back from the store as a read-only array: the label goes onto a copy
+    (seen: `ValueError: assignment destination is read-only` failed every motion job on workers)."""
+    from pipeline import stages
+
+    frames = np.full((4, settings.story.height, settings.story.width, 3), 90, np.uint8)
+    frames.flags.writeable = False
+    finished = stages.finish(frames, float(settings.story.fps), settings, looped=True)
+    assert len(finished.frames) == round(settings.story.duration_s * settings.story.fps)
+    assert not np.array_equal(finished.frames[0], frames[0])  # the label is drawn
+    assert (frames == 90).all()
