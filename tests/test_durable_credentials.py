@@ -23,7 +23,8 @@ COPY = ["-map_metadata", "-1", "-c:v", "libx264", "-crf", "28", "-vf", "scale=72
 
 
 def alive(*args, data_dir: Path, check_rc: int | None = 0):
-    env = {**os.environ, "ALIVE_DATA_DIR": str(data_dir)}
+    # the real story defaults (1080x1920, 30 fps, 4 s), not the suite's small story (tests/conftest.py)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ALIVE_STORY__")}, "ALIVE_DATA_DIR": str(data_dir)}
     done = subprocess.run([ALIVE, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
     if check_rc is not None:
         assert done.returncode == check_rc, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
@@ -43,6 +44,7 @@ def story(tmp_path_factory):
     video = folder / "story.mp4"
     alive("animate", REPO / "examples" / "chelsea.jpg", "-o", video, "--json", data_dir=data)
     report = json.loads((folder / "story.json").read_text())
+    assert (report["finish"]["size"], report["finish"]["frames"]) == ([1080, 1920], 120)  # a default story
     copy = folder / "copy.mp4"
     subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(video), *COPY, str(copy)], check=True)
     return {"folder": folder, "data": data, "video": video, "copy": copy, "report": report}
