@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pipeline import __version__
@@ -87,7 +88,8 @@ def _guard(work: Callable[[], int | None]) -> None:
     except AliveError as exc:
         if _state["debug"]:
             traceback.print_exc()
-        err.print(f"[bold red]error[/] ({exc.code}): {exc.message}", markup=True)
+        # the message is text, not markup: "[trustmark]" or a file name in brackets must print as written
+        err.print(f"[bold red]error[/] ({exc.code}): {escape(exc.message)}", markup=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -95,8 +97,8 @@ def _guard(work: Callable[[], int | None]) -> None:
     except Exception as exc:  # noqa: BLE001 - last line of defence: report, never continue
         if _state["debug"]:
             traceback.print_exc()
-        err.print(f"[bold red]internal error[/]: {type(exc).__name__}: {exc} (run with --debug for a traceback)",
-                  markup=True)
+        err.print(f"[bold red]internal error[/]: {type(exc).__name__}: {escape(str(exc))} (run with --debug for a "
+                  "traceback)", markup=True)
         raise typer.Exit(5) from None
     raise typer.Exit(code)
 
@@ -226,8 +228,6 @@ def verify(
     image at all (state NotMedia, error not_a_video: empty, JSON such as an API error body, HTML, text)."""
 
     def work() -> int:
-        from rich.markup import escape
-
         from pipeline.provenance import NOT_MEDIA, NOT_MEDIA_CODE
         from pipeline.recovery import check_file
         from pipeline.softbinding import detectors

@@ -270,6 +270,7 @@ def test_animate_with_trustmark_not_pulled_stops_before_any_work(tmp_path, sampl
     result = CliRunner().invoke(app, ["animate", str(sample_photo), "-o", str(out)], env=env)
     assert result.exit_code == ModelUnavailable.exit_code, result.output
     assert "alive models pull trustmark" in " ".join(result.output.split())
+    assert "alive-pipeline[trustmark]" in " ".join(result.output.split())  # printed as text, not rich markup
     assert [p.name for p in tmp_path.iterdir() if p.name != "data"] == []
 
 
