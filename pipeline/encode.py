@@ -52,6 +52,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import ConfigError, EncodeFailed
+from pipeline.frame import pixels_key
 from pipeline.probe import ffmpeg_exe, mp4_top_level_boxes, probe_video
 from pipeline.settings import EncodeSettings
 from pipeline.storage import create_temp_beside, publish
@@ -598,11 +599,7 @@ def split_cycle(frames: Sequence[np.ndarray]) -> tuple[Sequence[np.ndarray], int
     (a looped story is a list of views of its cycle's frames), else (frames, 1). Frames count as the
     same when they are views of the same pixels (data pointer, shape and strides)."""
     count = len(frames)
-
-    def key(frame: np.ndarray) -> tuple:
-        return frame.__array_interface__["data"][0], frame.shape, frame.strides
-
-    keys = [key(f) for f in frames] if not isinstance(frames, np.ndarray) else []
+    keys = [pixels_key(f) for f in frames] if not isinstance(frames, np.ndarray) else []
     for period in range(1, count // 2 + 1):
         if keys and count % period == 0 and all(keys[i] == keys[i % period] for i in range(period, count)):
             return frames[:period], count // period

@@ -262,3 +262,22 @@ def fit_clip_to_story(frames: np.ndarray, width: int, height: int, *, resampler:
         out[i, y0:y0 + fh, x0:x0 + fw] = cv2.resize(frame, (fw, fh), interpolation=flag)
     return out, {**record, "how": "pad", "resampler": name, "placed_box": [x0, y0, x0 + fw, y0 + fh],
                  "darken": darken, "background": "blurred, darkened copy of the frame"}
+
+
+# -- frames that share pixels ----------------------------------------------------------------------
+def pixels_key(frame: np.ndarray) -> tuple:
+    """What identifies a frame's pixels in memory (data pointer, shape, strides): a looped story is a
+    list of views of its cycle's frames, so two entries with one key are one frame shown twice."""
+    return frame.__array_interface__["data"][0], frame.shape, frame.strides
+
+
+def distinct_frames(frames) -> list[np.ndarray]:
+    """The frames of ``frames`` that own distinct pixels (``pixels_key``), first view of each, in order."""
+    seen: set[tuple] = set()
+    distinct = []
+    for frame in frames:
+        key = pixels_key(frame)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(frame)
+    return distinct

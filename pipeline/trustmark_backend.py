@@ -36,6 +36,7 @@ from typing import Any, Iterable, NamedTuple
 import numpy as np
 
 from pipeline.errors import ModelUnavailable
+from pipeline.frame import distinct_frames
 
 #: C2PA soft-binding algorithm name. "com.adobe.trustmark.Q" is the entry of the C2PA Soft Binding
 #: Algorithm List (github.com/c2pa-org/softbinding-algorithm-list; c2pa-rs copies it as
@@ -297,12 +298,7 @@ class TrustMarkBackend:
         for frame in stack:
             _check_frame(frame)
         tm = self._model()
-        done: set[tuple] = set()
-        for frame in stack:
-            key = (frame.__array_interface__["data"][0], frame.shape, frame.strides)
-            if key in done:
-                continue
-            done.add(key)
+        for frame in distinct_frames(stack):
             marked = tm.encode(Image.fromarray(np.ascontiguousarray(frame), "RGB"), bits, MODE="binary",
                                WM_STRENGTH=self.strength)
             frame[...] = np.asarray(marked.convert("RGB"), dtype=np.uint8)
@@ -314,12 +310,7 @@ class TrustMarkBackend:
         the frames that decoded at all; ``confidence`` is its share of the frames read."""
         from PIL import Image
 
-        stack, seen = [], set()
-        for frame in _frame_list(frames):  # a buffer shown twice (a loop) is one vote, not two
-            key = (frame.__array_interface__["data"][0], frame.shape, frame.strides)
-            if key not in seen:
-                seen.add(key)
-                stack.append(frame)
+        stack = distinct_frames(_frame_list(frames))  # a buffer shown twice (a loop) is one vote, not two
         if not stack:
             return TrustMarkDetection(False, None, 0.0, 0)
         picks = np.unique(np.linspace(0, len(stack) - 1, min(max_frames, len(stack))).round().astype(int))

@@ -42,6 +42,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from pipeline.frame import distinct_frames
+
 ALGORITHM = "com.alive.watermark.1"
 """The soft-binding algorithm name written in the ``c2pa.soft-binding`` assertion (not yet in the
 C2PA soft-binding algorithm list: a reverse-domain name, as the list's guidelines ask for private
@@ -254,7 +256,9 @@ def embed(frames, credential_id: str, strength: float = STRENGTH):
     height, width = first.shape[:2]
     plain = _pattern(credential_id, height, width) * np.float32(strength)
     signs = _signs(credential_id)
-    for k, frame in enumerate(_distinct(stack)):
+    # a looped story repeats views of one buffer (pingpong shows frame k again as frame N-k): marking a
+    # buffer twice doubles the mark there (measured: 36.9 dB instead of 40.9 dB on a default story)
+    for k, frame in enumerate(distinct_frames(stack)):
         if k % MASK_EVERY == 0:  # the mask is blurred over ~12 px: neighbouring frames share it
             mask = _mask(frame)
         grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
@@ -267,20 +271,6 @@ def embed(frames, credential_id: str, strength: float = STRENGTH):
         np.clip(delta, -cap, cap, out=delta)
         frame[...] = cv2.add(frame, cv2.merge([delta, delta, delta]), dtype=cv2.CV_8U)
     return frames
-
-
-def _distinct(stack) -> list[np.ndarray]:
-    """The frames of ``stack`` that own distinct pixels, in order: a looped story repeats views of
-    one buffer (pingpong shows frame k again as frame N-k), and marking a buffer twice doubles the
-    mark there (measured: 36.9 dB instead of 40.9 dB on a default story)."""
-    seen: set[tuple[int, tuple[int, ...]]] = set()
-    distinct = []
-    for frame in stack:
-        key = (frame.__array_interface__["data"][0], frame.strides)
-        if key not in seen:
-            seen.add(key)
-            distinct.append(frame)
-    return distinct
 
 
 def _bit_response(grey: np.ndarray) -> np.ndarray:
